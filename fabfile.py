@@ -1,0 +1,64 @@
+"""Fabric tasks: `fab --list`. Thin wrappers; the work is in scripts/kvstack."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import task
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+
+from kvstack import lab as _lab
+from kvstack import provision as _provision
+
+
+def _inv(inventory: str | None) -> Path | None:
+    return Path(inventory) if inventory else None
+
+
+@task(help={"inventory": "lab inventory directory (default inventory/lab)"})
+def lab_up(c, inventory=None):
+    """Boot the lab's nodes (systemd-nspawn) on the lab bridge; harmless when already up."""
+    _lab.up(_inv(inventory))
+
+
+@task(help={"inventory": "lab inventory directory (default inventory/lab)"})
+def lab_down(c, inventory=None):
+    """Stop every lab node by PID; remove the bridge, NAT rule and cgroups the lab made."""
+    _lab.down(_inv(inventory))
+
+
+@task(help={"inventory": "lab inventory directory (default inventory/lab)"})
+def lab_destroy(c, inventory=None):
+    """lab-down, then delete the nodes' root filesystems (the cached image stays)."""
+    _lab.destroy(_inv(inventory))
+
+
+@task(help={"inventory": "lab inventory directory (default inventory/lab)"})
+def lab_status(c, inventory=None):
+    """Show each lab node: running, pid, address, SSH reachable; and leftovers on the host."""
+    for name, st in _lab.status(_inv(inventory)).items():
+        state = "up" if st["pid"] else ("stopped" if st["created"] else "not created")
+        ssh = "yes" if st["ssh"] else "no"
+        print(f"{name:14} {st['address']:15} {state:12} pid={st['pid'] or '-':<8} ssh={ssh}")
+
+
+@task(
+    help={
+        "inventory": "inventory directory (default: ansible.cfg's, inventory/lab)",
+        "check": "dry run (--check --diff)",
+        "limit": "limit to hosts/groups",
+        "tags": "only these tags",
+    }
+)
+def provision(c, inventory=None, check=False, limit=None, tags=None):
+    """Run `ansible-playbook site.yml` against the inventory."""
+    _provision.playbook("site.yml", inventory=inventory, check=check, diff=check, limit=limit, tags=tags)
+
+
+@task(help={"inventory": "lab inventory directory (default inventory/lab)"})
+def lab(c, inventory=None):
+    """The main job on the lab: lab-up, then provision with site.yml."""
+    _lab.up(_inv(inventory))
+    _provision.playbook("site.yml", inventory=inventory)
