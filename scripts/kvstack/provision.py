@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,14 @@ def playbook(
     tags: str | None = None,
     extra_vars: dict | None = None,
     extra_args: list[str] | None = None,
+    capture: bool = False,
+    check_rc: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run ``ansible-playbook`` (output streamed); raise CalledProcessError when it fails."""
+    """Run ``ansible-playbook`` from the repo root.
+
+    Output is streamed, or captured (``capture=True``: stdout and stderr together in
+    ``.stdout``, also echoed). Raises CalledProcessError on failure when ``check_rc``.
+    """
     cmd = [ansible_bin("ansible-playbook"), playbook]
     if inventory:
         cmd += ["-i", str(inventory)]
@@ -44,4 +51,27 @@ def playbook(
     cmd += extra_args or []
     progress("running " + " ".join(cmd[1:]))
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"}
-    return subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    if not capture:
+        return subprocess.run(cmd, cwd=REPO, env=env, check=check_rc)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sys.stdout.write(proc.stdout)
+    if check_rc and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout)
+    return proc
+
+
+_RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """Parse the PLAY RECAP of ``ansible-playbook`` output: host -> {ok, changed, failed, ...}."""
+    out: dict[str, dict[str, int]] = {}
+    in_recap = False
+    for line in output.splitlines():
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        m = _RECAP.match(line.strip()) if in_recap else None
+        if m:
+            out[m["host"]] = {k: int(v) for k, v in (kv.split("=") for kv in m["counts"].split())}
+    return out

@@ -1,0 +1,70 @@
+"""Shared test setup.
+
+Tiers: ``tests/unit`` (no lab, seconds), ``tests/node`` (testinfra checks per group, against
+``--ansible-inventory``; default the lab), ``tests/lab`` (end to end on the lab).
+
+With the default inventory the session brings the lab up and provisions it with site.yml
+once (``lab`` fixture); ``--no-lab`` runs node checks against whatever the inventory names,
+as is; ``--keep-lab`` leaves a lab this session started running afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from kvstack import lab as labmod  # noqa: E402
+from kvstack import provision  # noqa: E402
+
+# Tools (ansible-inventory, ansible-playbook) from the venv even when it is not activated.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
+
+TIER_ORDER = {"unit": 0, "node": 1, "lab": 2}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kvstack")
+    group.addoption("--no-lab", action="store_true", help="do not bring up or provision the lab")
+    group.addoption("--keep-lab", action="store_true", help="leave the lab running at the end")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.option.ansible_inventory:
+        config.option.ansible_inventory = str(REPO / "inventory" / "lab")
+
+
+def _tier(item: pytest.Item) -> int:
+    parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+    return TIER_ORDER.get(parts[0], 9) if len(parts) > 1 else 9
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run fast tiers first: unit, then node checks, then end-to-end lab tests (stable order)."""
+    items.sort(key=lambda it: (_tier(it), it.get_closest_marker("last") is not None))
+
+
+def is_lab_inventory(config: pytest.Config) -> bool:
+    return Path(config.option.ansible_inventory).resolve() == (REPO / "inventory" / "lab").resolve()
+
+
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest) -> labmod.LabConfig | None:
+    """The lab, up and provisioned by site.yml (once per session). None with --no-lab."""
+    config = request.config
+    if config.option.no_lab or not is_lab_inventory(config):
+        yield None
+        return
+    cfg = labmod.load_config()
+    was_up = all(labmod.node_pid(cfg, n) for n in cfg.nodes)
+    labmod.up()
+    provision.playbook("site.yml")
+    yield cfg
+    if not was_up and not config.option.keep_lab:
+        labmod.down()

@@ -1,0 +1,69 @@
+"""Node checks for every node: roles/common and roles/node_exporter."""
+
+from __future__ import annotations
+
+testinfra_hosts = ["ansible://all"]
+
+CONTAINER_TYPES = ("container", "systemd-nspawn", "lxc", "docker", "podman", "containerd")
+
+
+def _is_container(host) -> bool:
+    virt = host.run("systemd-detect-virt --container")
+    return virt.rc == 0
+
+
+def test_ssh_running(host):
+    ssh = host.service("ssh")
+    assert ssh.is_running
+    assert ssh.is_enabled
+
+
+def test_base_packages_installed(host, expected):
+    for pkg in expected("common", "common_packages") + expected("common", "common_packages_extra"):
+        assert host.package(pkg).is_installed, pkg
+
+
+def test_service_user(host, expected):
+    user = host.user(expected("common", "common_service_user"))
+    assert user.exists
+    assert user.group == expected("common", "common_service_group")
+    assert user.shell == "/usr/sbin/nologin"
+    home = host.file(expected("common", "common_service_home"))
+    assert home.is_directory
+    assert home.user == user.name
+    assert home.mode == 0o750
+
+
+def test_network_sysctls_applied(host, expected):
+    for key, value in expected("common", "common_sysctl_net").items():
+        live = host.check_output(f"sysctl -n {key}")
+        assert live.split() == str(value).split(), key
+
+
+def test_kernel_tuning_only_outside_containers(host, expected):
+    unit = host.file("/etc/systemd/system/kvstack-host-tuning.service")
+    if _is_container(host):
+        assert not unit.exists
+    else:
+        assert unit.exists
+        assert host.service("kvstack-host-tuning").is_enabled
+        for key, value in expected("common", "common_sysctl_kernel").items():
+            assert host.check_output(f"sysctl -n {key}").split() == str(value).split(), key
+
+
+def test_limits_for_service_user(host, expected):
+    user = expected("common", "common_service_user")
+    limits = host.file("/etc/security/limits.d/90-kvstack.conf")
+    assert limits.contains(f"{user} hard nofile {expected('common', 'common_nofile_limit')}")
+
+
+def test_node_exporter_serves_on_cluster_address_only(host, cluster_address, expected):
+    svc = host.service("prometheus-node-exporter")
+    assert svc.is_running
+    assert svc.is_enabled
+    port = expected("node_exporter", "node_exporter_port")
+    assert host.socket(f"tcp://{cluster_address}:{port}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening
+    metrics = host.check_output(f"curl -fsS http://{cluster_address}:{port}/metrics")
+    assert "node_cpu_seconds_total" in metrics
