@@ -42,6 +42,10 @@ def lab_status(c, inventory=None):
         state = "up" if st["pid"] else ("stopped" if st["created"] else "not created")
         ssh = "yes" if st["ssh"] else "no"
         print(f"{name:14} {st['address']:15} {state:12} pid={st['pid'] or '-':<8} ssh={ssh}")
+    running = any(st["pid"] for st in _lab.status(_inv(inventory)).values())
+    if not running:
+        left = _lab.leftovers(_inv(inventory))
+        print("leftovers on the host: " + (", ".join(left) if left else "none"))
 
 
 @task(
