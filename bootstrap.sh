@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-host_pkgs=(debootstrap systemd-container iptables zstd iproute2 openssh-client python3-venv)
+host_pkgs=(debootstrap systemd-container iptables zstd iproute2 openssh-client python3-venv redis-server)
 missing=()
 for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,0 +1,117 @@
+"""Node checks for the `kv` group: the KV server (Kvrocks, or redis-server in the lab)."""
+
+from __future__ import annotations
+
+import shlex
+import uuid
+
+import pytest
+
+testinfra_hosts = ["ansible://kv"]
+
+# A minimal RESP client run with the node's own python3 (present wherever Ansible runs), so
+# the check needs no redis-cli and talks to the server over the cluster address like a client.
+RESP = r"""
+import os, socket, sys
+def call(s, *args):
+    enc = [a.encode() for a in args]
+    s.sendall(b"*%d\r\n" % len(enc) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in enc))
+    data = b""
+    while not data.endswith(b"\r\n"):
+        data += s.recv(65536)
+    if data[:1] == b"$" and not data.startswith(b"$-1"):
+        n = int(data[1:data.index(b"\r\n")])
+        while len(data) < data.index(b"\r\n") + 2 + n + 2:
+            data += s.recv(65536)
+    return data.decode(errors="replace").strip()
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+for cmd in sys.argv[3:]:
+    args = [os.environ.get("KV_PASSWORD", "") if a == "@PASSWORD" else a for a in cmd.split("|")]
+    print(call(s, *args).replace("\r\n", " "))
+"""
+
+
+@pytest.fixture(scope="module")
+def kv(hostvars, expected):
+    """What the roles were told: server kind, service, port, password, data dir, config file."""
+    kind = hostvars.get("kv_server", "kvrocks")
+    role = "redis_server" if kind == "redis" else "kvrocks"
+    return {
+        "kind": kind,
+        "role": role,
+        "service": expected(role, f"{role}_service") if kind == "redis" else "kvrocks",
+        "port": int(hostvars.get("kv_port", 6379 if kind == "redis" else 6666)),
+        "password": hostvars["kv_password"],
+        "data_dir": hostvars.get("kv_data_dir") or expected(role, f"{role}_data_dir"),
+        "config": expected(role, f"{role}_config_file"),
+        "user": expected(role, f"{role}_user"),
+    }
+
+
+def resp(host, addr: str, port: int, password: str, *commands: str) -> list[str]:
+    """Send RESP commands (args joined by '|', '@PASSWORD' for the password); return replies."""
+    cmd = f"KV_PASSWORD={shlex.quote(password)} python3 -c {shlex.quote(RESP)} {addr} {port} " + " ".join(
+        shlex.quote(c) for c in commands
+    )
+    return host.check_output(cmd).splitlines()
+
+
+def test_service_active_and_enabled(host, kv):
+    svc = host.service(kv["service"])
+    assert svc.is_running
+    assert svc.is_enabled
+
+
+def test_listens_only_on_cluster_address(host, kv, cluster_address):
+    assert host.socket(f"tcp://{cluster_address}:{kv['port']}").is_listening
+    for other in ("0.0.0.0", "127.0.0.1", "::", "::1"):
+        assert not host.socket(f"tcp://{other}:{kv['port']}").is_listening, other
+
+
+def test_unauthenticated_clients_are_refused(host, kv, cluster_address):
+    (reply,) = resp(host, cluster_address, kv["port"], "", "PING")
+    assert reply.startswith("-NOAUTH") or "auth" in reply.lower(), reply
+    (reply,) = resp(host, cluster_address, kv["port"], "", "AUTH|wrong-password")
+    assert reply.startswith("-"), reply
+
+
+def test_key_written_and_read_back(host, kv, cluster_address):
+    key, value = f"kvstack:nodecheck:{uuid.uuid4().hex}", uuid.uuid4().hex
+    replies = resp(
+        host,
+        cluster_address,
+        kv["port"],
+        kv["password"],
+        "AUTH|@PASSWORD",
+        f"SET|{key}|{value}|EX|600",
+        f"GET|{key}",
+        f"DEL|{key}",
+    )
+    assert replies[0] == "+OK"
+    assert replies[1] == "+OK"
+    assert replies[2].endswith(value), replies
+    assert replies[3] == ":1"
+
+
+def test_data_dir_owner_mode_and_mount(host, kv, hostvars, expected):
+    d = host.file(kv["data_dir"])
+    assert d.is_directory
+    assert d.user == kv["user"]
+    assert d.mode & 0o007 == 0, oct(d.mode)
+    mount = host.check_output(f"findmnt -n -o TARGET,FSTYPE -T {shlex.quote(kv['data_dir'])}").split()
+    if kv["kind"] == "kvrocks" and hostvars.get("kvrocks_profile") == "dram":
+        assert mount[1] == "tmpfs", mount
+    elif hostvars.get("nvme_devices"):
+        assert mount[0] == expected("nvme", "nvme_mount_point"), mount
+
+
+def test_config_and_secret_not_world_readable(host, kv):
+    conf = host.file(kv["config"])
+    assert conf.exists
+    assert conf.mode & 0o007 == 0, oct(conf.mode)
+    assert conf.contains(kv["password"])  # the secret lives here, so the mode above matters
+    # No other file under /etc that is world-readable carries the password.
+    leaked = host.run(
+        f"grep -rlsF -- {shlex.quote(kv['password'])} /etc | xargs -r stat -c '%a %n' | awk '$1 ~ /[4-7]$/'"
+    )
+    assert leaked.stdout.strip() == ""
