@@ -10,6 +10,7 @@ inventory when it sets them, else from the role's defaults.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,24 @@ def _role_defaults(role: str) -> dict:
     return yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text()) or {}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("kvstack").addoption(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override an inventory variable for the checks (as `ansible-playbook -e` did)",
+    )
+
+
 @pytest.fixture(scope="module")
-def hostvars(host) -> dict:
-    """The host's inventory variables (group and host vars, not rendered)."""
-    return host.ansible.get_variables()
+def hostvars(host, request) -> dict:
+    """The host's inventory variables (group and host vars, not rendered), with --set overrides."""
+    out = dict(host.ansible.get_variables())
+    for item in request.config.option.set:
+        name, _, value = item.partition("=")
+        out[name] = yaml.safe_load(value)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +70,50 @@ def cluster_address(host, hostvars) -> str:
         if ipaddress.ip_address(addr) in net:
             return addr
     pytest.fail(f"{host.backend.get_pytest_id()}: no address in {net}")
+
+
+# A minimal RESP client run with the node's own python3 (present wherever Ansible runs), so
+# the check needs no redis-cli and talks to the server over the cluster address like a client.
+RESP = r"""
+import os, socket, sys
+def call(s, *args):
+    enc = [a.encode() for a in args]
+    s.sendall(b"*%d\r\n" % len(enc) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in enc))
+    data = b""
+    while not data.endswith(b"\r\n"):
+        data += s.recv(65536)
+    if data[:1] == b"$" and not data.startswith(b"$-1"):
+        n = int(data[1:data.index(b"\r\n")])
+        while len(data) < data.index(b"\r\n") + 2 + n + 2:
+            data += s.recv(65536)
+    return data.decode(errors="replace").strip()
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+for cmd in sys.argv[3:]:
+    args = [os.environ.get("KV_PASSWORD", "") if a == "@PASSWORD" else a for a in cmd.split("|")]
+    print(call(s, *args).replace("\r\n", " "))
+"""
+
+
+@pytest.fixture(scope="module")
+def resp(host):
+    """resp(addr, port, password, *commands): RESP replies, sent from the node under test.
+
+    Each command is its arguments joined by '|'; '@PASSWORD' stands for the password, which
+    travels in the environment, not on the command line.
+    """
+
+    def send(addr: str, port: int, password: str, *commands: str) -> list[str]:
+        cmd = f"KV_PASSWORD={shlex.quote(password)} python3 -c {shlex.quote(RESP)} {addr} {port} " + " ".join(
+            shlex.quote(c) for c in commands
+        )
+        return host.check_output(cmd).splitlines()
+
+    return send
+
+
+@pytest.fixture(scope="session")
+def inv(request):
+    """The whole inventory (every host's variables), as ``ansible-inventory`` reads it."""
+    from kvstack import inventory
+
+    return inventory.load(request.config.option.ansible_inventory)

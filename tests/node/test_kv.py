@@ -9,27 +9,6 @@ import pytest
 
 testinfra_hosts = ["ansible://kv"]
 
-# A minimal RESP client run with the node's own python3 (present wherever Ansible runs), so
-# the check needs no redis-cli and talks to the server over the cluster address like a client.
-RESP = r"""
-import os, socket, sys
-def call(s, *args):
-    enc = [a.encode() for a in args]
-    s.sendall(b"*%d\r\n" % len(enc) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in enc))
-    data = b""
-    while not data.endswith(b"\r\n"):
-        data += s.recv(65536)
-    if data[:1] == b"$" and not data.startswith(b"$-1"):
-        n = int(data[1:data.index(b"\r\n")])
-        while len(data) < data.index(b"\r\n") + 2 + n + 2:
-            data += s.recv(65536)
-    return data.decode(errors="replace").strip()
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-for cmd in sys.argv[3:]:
-    args = [os.environ.get("KV_PASSWORD", "") if a == "@PASSWORD" else a for a in cmd.split("|")]
-    print(call(s, *args).replace("\r\n", " "))
-"""
-
 
 @pytest.fixture(scope="module")
 def kv(hostvars, expected):
@@ -48,14 +27,6 @@ def kv(hostvars, expected):
     }
 
 
-def resp(host, addr: str, port: int, password: str, *commands: str) -> list[str]:
-    """Send RESP commands (args joined by '|', '@PASSWORD' for the password); return replies."""
-    cmd = f"KV_PASSWORD={shlex.quote(password)} python3 -c {shlex.quote(RESP)} {addr} {port} " + " ".join(
-        shlex.quote(c) for c in commands
-    )
-    return host.check_output(cmd).splitlines()
-
-
 def test_service_active_and_enabled(host, kv):
     svc = host.service(kv["service"])
     assert svc.is_running
@@ -68,17 +39,16 @@ def test_listens_only_on_cluster_address(host, kv, cluster_address):
         assert not host.socket(f"tcp://{other}:{kv['port']}").is_listening, other
 
 
-def test_unauthenticated_clients_are_refused(host, kv, cluster_address):
-    (reply,) = resp(host, cluster_address, kv["port"], "", "PING")
+def test_unauthenticated_clients_are_refused(resp, kv, cluster_address):
+    (reply,) = resp(cluster_address, kv["port"], "", "PING")
     assert reply.startswith("-NOAUTH") or "auth" in reply.lower(), reply
-    (reply,) = resp(host, cluster_address, kv["port"], "", "AUTH|wrong-password")
+    (reply,) = resp(cluster_address, kv["port"], "", "AUTH|wrong-password")
     assert reply.startswith("-"), reply
 
 
-def test_key_written_and_read_back(host, kv, cluster_address):
+def test_key_written_and_read_back(resp, kv, cluster_address):
     key, value = f"kvstack:nodecheck:{uuid.uuid4().hex}", uuid.uuid4().hex
     replies = resp(
-        host,
         cluster_address,
         kv["port"],
         kv["password"],
@@ -115,3 +85,8 @@ def test_config_and_secret_not_world_readable(host, kv):
         f"grep -rlsF -- {shlex.quote(kv['password'])} /etc | xargs -r stat -c '%a %n' | awk '$1 ~ /[4-7]$/'"
     )
     assert leaked.stdout.strip() == ""
+
+
+def test_unit_passes_systemd_analyze_verify(host, kv):
+    out = host.run(f"systemd-analyze verify {kv['service']}.service")
+    assert out.rc == 0, out.stderr

@@ -1,0 +1,95 @@
+"""Tier profiles on the lab: each applied by site.yml in turn passes the serving node checks;
+switching restarts only what changed; a vLLM restart still hits LMCache and the KV server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from kvstack import REPO, provision
+
+SERVING_CHECKS = "tests/node/test_serving.py"
+
+
+def node_checks(*args: str, test: str = SERVING_CHECKS) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-lab", *args, test]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    print(proc.stdout[-3000:])
+    return proc
+
+
+def apply(profile: str) -> dict[str, dict[str, int]]:
+    out = provision.playbook("site.yml", limit="serving", extra_vars={"tier_profile": profile}, capture=True)
+    rec = provision.recap(out.stdout)
+    assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in rec.values()), rec
+    return rec
+
+
+def main_pids(testinfra_backend, nodes) -> dict[str, tuple[str, str]]:
+    out = {}
+    for name in nodes:
+        host = testinfra_backend(name)
+        out[name] = tuple(
+            host.check_output(f"systemctl show -p MainPID --value {unit}")
+            for unit in ("vllm@main", "lmcache")
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def serving_nodes(up_lab):
+    from kvstack import inventory
+
+    return list(inventory.load(inventory.LAB_INVENTORY).hosts("serving"))
+
+
+def test_each_tier_profile_applies_and_passes_node_checks(serving_nodes, testinfra_backend):
+    pids = {}
+    for profile in ("none", "dram", "kv", "dram+kv"):
+        apply(profile)
+        proc = node_checks(f"--set=tier_profile={profile}")
+        assert proc.returncode == 0, f"profile {profile}:\n{proc.stdout[-5000:]}"
+        new = main_pids(testinfra_backend, serving_nodes)
+        if profile in ("kv", "dram+kv"):
+            # Only LMCache's arguments changed: LMCache restarted, vLLM did not.
+            for name in serving_nodes:
+                assert new[name][0] == pids[name][0], f"{profile}: vllm@main restarted on {name}"
+                assert new[name][1] != pids[name][1], f"{profile}: lmcache not restarted on {name}"
+        pids = new
+    # Re-applying the same profile changes and restarts nothing.
+    rec = apply("dram+kv")
+    assert sum(c["changed"] for c in rec.values()) == 0, rec
+    assert main_pids(testinfra_backend, serving_nodes) == pids
+
+
+def test_vllm_restart_still_hits_lmcache_and_kv_server(serving_nodes):
+    proc = node_checks(
+        "--set=tier_profile=dram+kv",
+        "--set=check_evict=restart",
+        f"--hosts=ansible://{serving_nodes[0]}",
+        test=f"{SERVING_CHECKS}::test_repeated_long_prompt_is_served_from_lmcache",
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "1 passed" in proc.stdout
+
+
+def test_bad_vllm_argument_is_rejected_by_vllms_parser_before_any_change(serving_nodes, testinfra_backend):
+    node = serving_nodes[0]
+    host = testinfra_backend(node)
+    dropin = "/etc/systemd/system/vllm@main.service.d/kvstack.conf"
+    before = host.file(dropin).content_string
+    pid = host.check_output("systemctl show -p MainPID --value vllm@main")
+    out = provision.playbook(
+        "site.yml",
+        limit=node,
+        tags="vllm",
+        extra_args=["-e", '{"vllm_extra_args": ["--no-such-flag"]}'],
+        capture=True,
+        check_rc=False,
+    )
+    assert out.returncode != 0
+    assert "unrecognized arguments: --no-such-flag" in out.stdout
+    assert host.file(dropin).content_string == before
+    assert host.check_output("systemctl show -p MainPID --value vllm@main") == pid

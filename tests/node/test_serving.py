@@ -1,0 +1,171 @@
+"""Node checks for the `serving` group: vLLM units, LMCache per tier profile, cache hits.
+
+The hit checks send a long prompt twice with greedy decoding. Between the two, vLLM's own
+prefix cache is emptied (POST /reset_prefix_cache, where the server allows it; else vLLM is
+restarted), so the second answer must come from LMCache: vLLM's external prefix-cache hits
+grow, LMCache logs retrieved tokens, and the output equals the cold one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shlex
+import time
+import uuid
+
+import pytest
+
+testinfra_hosts = ["ansible://serving"]
+
+LMCACHE_PROFILES = ("dram", "kv", "dram+kv")
+
+
+@pytest.fixture(scope="module")
+def serving(hostvars, expected, cluster_address):
+    profile = hostvars.get("tier_profile", "none")
+    instances = expected("vllm", "vllm_instances")
+    return {
+        "profile": profile,
+        "instances": instances,
+        "url": f"http://{cluster_address}:{instances[0]['port']}",
+        "model": expected("vllm", "vllm_served_model_name"),
+        "model_path": expected("vllm", "vllm_model_path"),
+        "api_key": hostvars.get("vllm_api_key", ""),
+        "evict": hostvars.get("check_evict", "reset"),
+    }
+
+
+def _curl(host, serving, path: str, body: dict | None = None, method: str | None = None) -> str:
+    cmd = ["curl", "-fsS", "--max-time", "300"]
+    if serving["api_key"]:
+        cmd += ["-H", f"Authorization: Bearer {serving['api_key']}"]
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    if method:
+        cmd += ["-X", method]
+    return host.check_output(" ".join(shlex.quote(c) for c in [*cmd, serving["url"] + path]))
+
+
+def _metric(host, serving, name: str) -> float:
+    """Sum of a vLLM counter over its label sets."""
+    text = _curl(host, serving, "/metrics")
+    pat = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})?\s+([0-9.eE+-]+)$", re.M)
+    return sum(float(v) for v in pat.findall(text))
+
+
+def _complete(host, serving, prompt: str) -> dict:
+    body = {
+        "model": serving["model"],
+        "prompt": prompt,
+        "max_tokens": 16,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    return json.loads(_curl(host, serving, "/v1/completions", body))
+
+
+def _empty_vllm_cache(host, serving) -> None:
+    """Drop vLLM's own prefix cache: the dev-mode endpoint where enabled, else a restart.
+
+    ``--set check_evict=restart`` forces the restart (LMCache and the KV server stay up).
+    """
+    if serving["evict"] != "restart":
+        reset = host.run(f"curl -fsS -X POST --max-time 30 {serving['url']}/reset_prefix_cache")
+        if reset.rc == 0:
+            return
+    for inst in serving["instances"]:
+        host.run_expect([0], f"systemctl restart vllm@{inst['name']}")
+    deadline = time.monotonic() + 600
+    while host.run(f"curl -fsS --max-time 5 {serving['url']}/health").rc != 0:
+        assert time.monotonic() < deadline, "vLLM did not come back after a restart"
+        time.sleep(3)
+
+
+def long_prompt(tokens_hint: int = 2200) -> str:
+    """A fresh prompt of about *tokens_hint* tokens that no cache has seen."""
+    rng = random.Random(uuid.uuid4().int)
+    words = [
+        "".join(rng.choices("bcdfghjklmnprstvwz", k=2)) + rng.choice("aeiou") for _ in range(tokens_hint)
+    ]
+    return " ".join(words)
+
+
+def test_vllm_units_active_and_enabled(host, serving):
+    for inst in serving["instances"]:
+        svc = host.service(f"vllm@{inst['name']}")
+        assert svc.is_running, inst["name"]
+        assert svc.is_enabled, inst["name"]
+
+
+def test_lmcache_unit_follows_the_tier_profile(host, serving):
+    svc = host.service("lmcache")
+    if serving["profile"] == "none":
+        assert not svc.is_running
+        assert not svc.is_enabled
+    else:
+        assert svc.is_running
+        assert svc.is_enabled
+
+
+def test_health_and_model_listed(host, serving):
+    assert host.run(f"curl -fsS -o /dev/null -w '%{{http_code}}' {serving['url']}/health").stdout == "200"
+    models = json.loads(_curl(host, serving, "/v1/models"))
+    assert serving["model"] in [m["id"] for m in models["data"]]
+
+
+def test_completion_returns_text(host, serving):
+    out = _complete(host, serving, "The quick brown fox")
+    assert out["usage"]["completion_tokens"] == 16
+    assert out["choices"][0]["text"].strip()
+
+
+def test_api_listens_on_cluster_address_only(host, serving, cluster_address):
+    for inst in serving["instances"]:
+        assert host.socket(f"tcp://{cluster_address}:{inst['port']}").is_listening
+        assert not host.socket(f"tcp://0.0.0.0:{inst['port']}").is_listening
+
+
+def test_repeated_long_prompt_is_served_from_lmcache(host, serving, hostvars, expected, resp, inv):
+    if serving["profile"] not in LMCACHE_PROFILES:
+        pytest.skip(f"tier profile {serving['profile']} has no LMCache tier")
+    prompt = long_prompt()
+    since = host.check_output("date +%s")
+    kv_before = _kv_dbsize(resp, hostvars, inv) if serving["profile"] != "dram" else None
+    cold = _complete(host, serving, prompt)
+    assert cold["usage"]["prompt_tokens"] > 1024
+    if kv_before is not None:
+        # The kv profiles store each full chunk in the KV server.
+        assert _kv_dbsize(resp, hostvars, inv) > kv_before
+    hits_before = _metric(host, serving, "vllm:external_prefix_cache_hits_total")
+    _empty_vllm_cache(host, serving)
+    hit = _complete(host, serving, prompt)
+    hits = _metric(host, serving, "vllm:external_prefix_cache_hits_total") - hits_before
+    chunk = int(expected("lmcache", "lmcache_chunk_size"))
+    assert hits >= (cold["usage"]["prompt_tokens"] // chunk) * chunk - chunk, hits
+    assert hit["choices"][0]["text"] == cold["choices"][0]["text"]
+    log = host.check_output(f"journalctl -u lmcache --since @{since} --no-pager -o cat")
+    retrieved = [int(n) for n in re.findall(r"Retrieved (\d+) tokens", log)]
+    assert retrieved and max(retrieved) >= chunk, log[-2000:]
+
+
+def _kv_dbsize(resp, hostvars, inv) -> int:
+    """Number of keys in the KV server, asked from this node (the real client) over RESP."""
+    kv_host = hostvars.get("kv_host") or next(iter(inv.hosts("kv").values()))["ansible_host"]
+    replies = resp(
+        kv_host, int(hostvars.get("kv_port", 6379)), hostvars["kv_password"], "AUTH|@PASSWORD", "DBSIZE"
+    )
+    assert replies[0] == "+OK", replies
+    return int(replies[1].lstrip(":"))
+
+
+def test_units_pass_systemd_analyze_verify(host, serving):
+    units = [f"vllm@{inst['name']}.service" for inst in serving["instances"]]
+    if serving["profile"] != "none":
+        units.append("lmcache.service")
+    out = host.run("systemd-analyze verify " + " ".join(units))
+    assert out.rc == 0, out.stderr
+    assert "kvstack" not in out.stderr and "vllm" not in out.stderr and "lmcache" not in out.stderr, (
+        out.stderr
+    )
