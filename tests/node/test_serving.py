@@ -138,8 +138,9 @@ def test_repeated_long_prompt_is_served_from_lmcache(host, serving, hostvars, ex
     if kv_before is not None:
         # The kv profiles store each full chunk in the KV server.
         assert _kv_dbsize(resp, hostvars, inv) > kv_before
-    hits_before = _metric(host, serving, "vllm:external_prefix_cache_hits_total")
     _empty_vllm_cache(host, serving)
+    # Read after the eviction: a restarted vLLM counts from zero.
+    hits_before = _metric(host, serving, "vllm:external_prefix_cache_hits_total")
     hit = _complete(host, serving, prompt)
     hits = _metric(host, serving, "vllm:external_prefix_cache_hits_total") - hits_before
     chunk = int(expected("lmcache", "lmcache_chunk_size"))
