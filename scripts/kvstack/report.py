@@ -1,0 +1,404 @@
+"""The bench report: ``results.json`` of a run -> ``report.md`` (Jinja2) and PNG plots (matplotlib).
+
+``results.json`` (what the bench writes; every key but ``runs`` may be absent)::
+
+    {
+      "run_id": "2026-11-28T12-00-00", "started_at": "...", "finished_at": "..." | null,
+      "interrupted": false,
+      "machine": {"description": "2 cores, 24 GiB, Debian 12, no GPU (the lab)", "...": "..."},
+      "workload": {"name": "multi-round-qa", "params": {...}, "working_set_tokens": 1048576, ...},
+      "plan": {"profiles": ["none", "dram", "kv", "dram+kv"], "loads": ["c1", "c4"], "kv_datapath": true},
+      "runs": [{"profile": "none", "load": "c4", "summary": <kvstack.stats.Summary.to_dict()>,
+                "metrics": {"vllm prefix-cache hit rate": 0.41, "...": 0}}],
+      "kv_datapath": [{"path": "raw RESP GET", "value_bytes": 2097152, "gb_per_s": 1.9},
+                      {"path": "memcpy", "value_bytes": null, "gb_per_s": 9.1}],
+      "targets": [{"name": "tokens/s dram+kv vs none", "value": 2.4, "target": 3.0, "op": ">=",
+                   "unit": "x", "detail": "multi-round QA, load c4"}],
+      "missing": ["free text: parts the bench knows it did not measure"]
+    }
+
+Planned profile x load cells without a run, a planned KV data-path bench without rows, and the
+``missing`` notes are listed in the report as missing, so an interrupted run still renders what it
+measured. Profiles are ordered as planned (default: ``none``, ``dram``, ``kv``, ``dram+kv``); ratios
+are against ``none`` at the same load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from kvstack import REPO
+
+PROFILES = ("none", "dram", "kv", "dram+kv")
+BASELINE = "none"
+TEMPLATE = "report.md.j2"
+TEMPLATES_DIR = REPO / "templates"
+PERCENTILES = ("p50", "p95", "p99")
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    """A table cell: fixed decimals with thousands separators, ``-`` for missing values."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def fmt_bytes(n: int | None) -> str:
+    """``262144`` -> ``256 KiB``; ``None`` -> ``-``."""
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            v = n / size
+            return f"{v:g} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} B"
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else x * 1000
+
+
+def _get(d: dict[str, Any], *path: str) -> Any:
+    """``d[p0][p1]...`` or None where any key is absent."""
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def profiles_of(results: dict[str, Any]) -> list[str]:
+    """Planned profiles, then any other profile that ran, in a stable order."""
+    planned = list(_get(results, "plan", "profiles") or [])
+    ran = [r["profile"] for r in results.get("runs", [])]
+    known = planned or [p for p in PROFILES if p in ran]
+    return known + [p for p in dict.fromkeys(ran) if p not in known]
+
+
+def loads_of(results: dict[str, Any]) -> list[str]:
+    """Planned load levels, then any other load that ran."""
+    planned = [str(x) for x in _get(results, "plan", "loads") or []]
+    ran = [str(r["load"]) for r in results.get("runs", [])]
+    return planned + [x for x in dict.fromkeys(ran) if x not in planned]
+
+
+def run_index(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(profile, load) -> run (the last one when repeated)."""
+    return {(r["profile"], str(r["load"])): r for r in results.get("runs", [])}
+
+
+def missing_parts(results: dict[str, Any]) -> list[str]:
+    """What a complete run would have and this one lacks."""
+    runs = run_index(results)
+    out = [
+        f"profile `{p}` at load `{load}`: not run"
+        for p in _get(results, "plan", "profiles") or []
+        for load in _get(results, "plan", "loads") or []
+        if (p, str(load)) not in runs
+    ]
+    if _get(results, "plan", "kv_datapath") and not results.get("kv_datapath"):
+        out.append("KV data-path bench: not run")
+    out += [str(m) for m in results.get("missing", [])]
+    return out
+
+
+def evaluate_target(t: dict[str, Any]) -> dict[str, Any]:
+    """A target row: ``status`` met / missed / not measured and by how much, relative to the target."""
+    value, target, op, unit = t.get("value"), float(t["target"]), t.get("op", ">="), t.get("unit", "")
+    if op not in (">=", "<="):
+        raise ValueError(f"target {t.get('name')}: op must be >= or <=, got {op}")
+    row = {**t, "op": op, "target_text": f"{op} {target:g}{unit}", "value_text": "-"}
+    if value is None:
+        return {**row, "status": "not measured", "by": None, "by_text": "-"}
+    value = float(value)
+    met = value >= target if op == ">=" else value <= target
+    rel = value / target - 1 if target else math.inf
+    # how far from the target, in the direction that matters: positive = margin, negative = shortfall
+    by = rel if op == ">=" else -rel
+    word = "margin" if met else "short by"
+    return {
+        **row,
+        "value_text": f"{value:.3g}{unit}",
+        "status": "met" if met else "missed",
+        "by": by,
+        "by_text": f"{word} {abs(by) * 100:.0f}%",
+    }
+
+
+def _throughput_rows(results: dict[str, Any]) -> list[list[str]]:
+    runs = run_index(results)
+    rows = []
+    for load in loads_of(results):
+        base = _get(runs.get((BASELINE, load), {}), "summary", "total_tokens_per_s")
+        for p in profiles_of(results):
+            r = runs.get((p, load))
+            if r is None:
+                continue
+            s = r["summary"]
+            ratio = s["total_tokens_per_s"] / base if base else None
+            rows.append(
+                [
+                    f"`{p}`",
+                    load,
+                    str(s["completed"]),
+                    str(s["failed"]),
+                    fmt(s["input_tokens_per_s"]),
+                    fmt(s["output_tokens_per_s"]),
+                    fmt(s["total_tokens_per_s"]),
+                    "-" if ratio is None else f"{ratio:.2f}x",
+                    fmt(s["requests_per_s"], 2),
+                    fmt(s["goodput_fraction"] * 100, 0) + "%",
+                ]
+            )
+    return rows
+
+
+def _latency_rows(results: dict[str, Any]) -> list[list[str]]:
+    runs = run_index(results)
+    rows = []
+    for load in loads_of(results):
+        for p in profiles_of(results):
+            r = runs.get((p, load))
+            if r is None:
+                continue
+            s = r["summary"]
+            cells = [f"`{p}`", load]
+            cells += [fmt(_ms(s["ttft"][q])) for q in PERCENTILES]
+            cells += [fmt(_ms(s["itl"][q])) for q in PERCENTILES]
+            cells += [fmt(s["e2e"][q], 2) for q in PERCENTILES]
+            rows.append(cells)
+    return rows
+
+
+def _metrics_table(results: dict[str, Any]) -> dict[str, Any] | None:
+    runs = [r for r in results.get("runs", []) if r.get("metrics")]
+    if not runs:
+        return None
+    keys = list(dict.fromkeys(k for r in runs for k in r["metrics"]))
+    rows = []
+    for r in runs:
+        cells = [f"`{r['profile']}`", str(r["load"])]
+        for k in keys:
+            v = r["metrics"].get(k)
+            cells.append(fmt(v, 3) if isinstance(v, float) else "-" if v is None else f"{v:,}")
+        rows.append(cells)
+    return {"keys": keys, "rows": rows}
+
+
+def _kv_table(results: dict[str, Any]) -> dict[str, Any] | None:
+    rows = results.get("kv_datapath") or []
+    sized = [r for r in rows if r.get("value_bytes") is not None]
+    refs = [r for r in rows if r.get("value_bytes") is None]
+    if not rows:
+        return None
+    paths = list(dict.fromkeys(r["path"] for r in sized))
+    cells: dict[tuple[int, str], float] = {(r["value_bytes"], r["path"]): r["gb_per_s"] for r in sized}
+    table = [
+        [fmt_bytes(size)] + [fmt(cells.get((size, p)), 2) for p in paths]
+        for size in sorted({r["value_bytes"] for r in sized})
+    ]
+    return {"paths": paths, "rows": table, "refs": [[r["path"], fmt(r["gb_per_s"], 2)] for r in refs]}
+
+
+def context(results: dict[str, Any], images: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything the template shows, as preformatted strings."""
+    machine = dict(results.get("machine") or {})
+    images = images or {}
+    missing = missing_parts(results)
+    return {
+        "run_id": results.get("run_id", "unnamed run"),
+        "started_at": results.get("started_at"),
+        "finished_at": results.get("finished_at"),
+        "interrupted": bool(results.get("interrupted")) or bool(missing),
+        "machine_description": machine.pop("description", None),
+        "machine": machine,
+        "workload": results.get("workload"),
+        "profiles": profiles_of(results),
+        "loads": loads_of(results),
+        "throughput_rows": _throughput_rows(results),
+        "latency_rows": _latency_rows(results),
+        "metrics": _metrics_table(results),
+        "kv": _kv_table(results),
+        "targets": [evaluate_target(t) for t in results.get("targets", [])],
+        "missing": missing,
+        "images": images,
+        "latency_images": [
+            (x, images[f"latency_{x}"]) for x in loads_of(results) if f"latency_{x}" in images
+        ],
+        "baseline": BASELINE,
+    }
+
+
+def render_markdown(results: dict[str, Any], images: dict[str, str] | None = None) -> str:
+    """The report as Markdown; *images* maps plot names (``throughput``, ``latency_<load>``,
+    ``kv_datapath``) to paths relative to the report."""
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML
+    )
+    return env.get_template(TEMPLATE).render(**context(results, images))
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """A plain-text table of tokens/s and TTFT P50 per profile and load, for the end of a run."""
+    runs = run_index(results)
+    head = (
+        f"{'profile':<10} {'load':<8} {'ok':>5} {'fail':>4} {'tok/s':>10} {'vs none':>8} {'TTFT p50 ms':>12}"
+    )
+    lines = [head, "-" * len(head)]
+    for load in loads_of(results):
+        base = _get(runs.get((BASELINE, load), {}), "summary", "total_tokens_per_s")
+        for p in profiles_of(results):
+            r = runs.get((p, load))
+            if r is None:
+                lines.append(f"{p:<10} {load:<8} {'missing':>5}")
+                continue
+            s = r["summary"]
+            ratio = f"{s['total_tokens_per_s'] / base:.2f}x" if base else "-"
+            lines.append(
+                f"{p:<10} {load:<8} {s['completed']:>5} {s['failed']:>4} {fmt(s['total_tokens_per_s']):>10} "
+                f"{ratio:>8} {fmt(_ms(s['ttft']['p50'])):>12}"
+            )
+    return "\n".join(lines)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plot_throughput(results: dict[str, Any], path: Path) -> bool:
+    """Input and output tokens/s per profile and load (grouped bars), labelled with the ratio to
+    ``none``; False (nothing written) without runs."""
+    runs = run_index(results)
+    if not runs:
+        return False
+    plt = _pyplot()
+    profiles, loads = profiles_of(results), loads_of(results)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(profiles), 1)
+    for ax, key, title in zip(
+        axes,
+        ("input_tokens_per_s", "output_tokens_per_s"),
+        ("input tokens/s", "output tokens/s"),
+        strict=True,
+    ):
+        for i, p in enumerate(profiles):
+            xs, ys, labels = [], [], []
+            for j, load in enumerate(loads):
+                r = runs.get((p, load))
+                if r is None:
+                    continue
+                v = r["summary"][key]
+                base = _get(runs.get((BASELINE, load), {}), "summary", key)
+                xs.append(j + (i - (len(profiles) - 1) / 2) * width)
+                ys.append(v)
+                labels.append(f"{v / base:.2f}x" if base else "")
+            bars = ax.bar(xs, ys, width, label=p)
+            ax.bar_label(bars, labels, fontsize=7)
+        ax.set_xticks(range(len(loads)), loads)
+        ax.set_xlabel("load level")
+        ax.set_title(f"{title} (ratio to {BASELINE})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_latency(results: dict[str, Any], load: str, path: Path) -> bool:
+    """TTFT, ITL and E2E P50/P95/P99 per profile at one load (grouped bars)."""
+    runs = run_index(results)
+    profiles = [p for p in profiles_of(results) if (p, load) in runs]
+    if not profiles:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    width = 0.8 / len(PERCENTILES)
+    for ax, (metric, scale, unit) in zip(
+        axes, (("ttft", 1000, "ms"), ("itl", 1000, "ms"), ("e2e", 1, "s")), strict=True
+    ):
+        for i, q in enumerate(PERCENTILES):
+            ys = [(runs[(p, load)]["summary"][metric][q] or 0) * scale for p in profiles]
+            xs = [j + (i - 1) * width for j in range(len(profiles))]
+            ax.bar(xs, ys, width, label=q.upper())
+        ax.set_xticks(range(len(profiles)), profiles)
+        ax.set_ylabel(unit)
+        ax.set_title(f"{metric.upper()} at load {load}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_kv_datapath(results: dict[str, Any], path: Path) -> bool:
+    """GB/s per value size for each data path (lines); size-less references as dashed lines."""
+    rows = results.get("kv_datapath") or []
+    if not rows:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sized = [r for r in rows if r.get("value_bytes") is not None]
+    for p in dict.fromkeys(r["path"] for r in sized):
+        pts = sorted((r["value_bytes"], r["gb_per_s"]) for r in sized if r["path"] == p)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=p)
+    for r in rows:
+        if r.get("value_bytes") is None:
+            ax.axhline(r["gb_per_s"], linestyle="--", linewidth=1, color="grey")
+            ax.annotate(r["path"], (0.01, r["gb_per_s"]), xycoords=("axes fraction", "data"), fontsize=7)
+    sizes = sorted({r["value_bytes"] for r in sized})
+    if sizes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [fmt_bytes(s) for s in sizes], rotation=30, fontsize=8)
+    ax.set_xlabel("value size")
+    ax.set_ylabel("GB/s")
+    ax.set_title("KV data path throughput")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
+    """Write every plot the results allow into *outdir*; returns name -> file name."""
+    images: dict[str, str] = {}
+    if plot_throughput(results, outdir / "throughput.png"):
+        images["throughput"] = "throughput.png"
+    for load in loads_of(results):
+        name = f"latency_{_safe(load)}.png"
+        if plot_latency(results, load, outdir / name):
+            images[f"latency_{load}"] = name
+    if plot_kv_datapath(results, outdir / "kv_datapath.png"):
+        images["kv_datapath"] = "kv_datapath.png"
+    return images
+
+
+def write_report(results_dir: str | Path, *, plots: bool = True) -> Path:
+    """Render ``results_dir/results.json`` into ``report.md`` and PNG plots beside it; returns the
+    report's path."""
+    d = Path(results_dir)
+    results = json.loads((d / "results.json").read_text())
+    images = write_plots(results, d) if plots else {}
+    out = d / "report.md"
+    out.write_text(render_markdown(results, images))
+    return out
