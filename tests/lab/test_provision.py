@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from kvstack import REPO, provision
+from kvstack import provision
 
 
 def _total(rec: dict[str, dict[str, int]], key: str) -> int:
@@ -27,34 +24,18 @@ def test_check_mode_is_clean(up_lab):
     assert _total(rec, "changed") == 0, rec
 
 
-def _node_check(node: str, test: str) -> subprocess.CompletedProcess:
-    """Run one node check module as a user would, against one host, in a fresh pytest."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--no-lab",
-        f"--hosts=ansible://{node}",
-        test,
-    ]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
-def test_node_checks_fail_when_service_stopped(up_lab, testinfra_backend):
+def test_node_checks_fail_when_service_stopped(up_lab, testinfra_backend, node_checks):
     node = next(iter(up_lab.nodes))
     host = testinfra_backend(node)
     test = "tests/node/test_common.py::test_node_exporter_serves_on_cluster_address_only"
-    before = _node_check(node, test)
+    before = node_checks(test, f"--hosts=ansible://{node}")
     assert before.returncode == 0, before.stdout
     host.run_expect([0], "systemctl stop prometheus-node-exporter")
     try:
-        stopped = _node_check(node, test)
+        stopped = node_checks(test, f"--hosts=ansible://{node}")
         assert stopped.returncode == 1, stopped.stdout
         assert "1 failed" in stopped.stdout
     finally:
         host.run_expect([0], "systemctl start prometheus-node-exporter")
-    after = _node_check(node, test)
+    after = node_checks(test, f"--hosts=ansible://{node}")
     assert after.returncode == 0, after.stdout

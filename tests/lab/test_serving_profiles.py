@@ -3,21 +3,11 @@ re-applying restarts nothing; a vLLM restart still hits LMCache and the KV serve
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from kvstack import REPO, provision
+from kvstack import provision
 
 SERVING_CHECKS = "tests/node/test_serving.py"
-
-
-def node_checks(*args: str, test: str = SERVING_CHECKS) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-lab", *args, test]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    print(proc.stdout[-3000:])
-    return proc
 
 
 def apply(profile: str) -> dict[str, dict[str, int]]:
@@ -45,11 +35,11 @@ def serving_nodes(up_lab):
     return list(inventory.load(inventory.LAB_INVENTORY).hosts("serving"))
 
 
-def test_each_tier_profile_applies_and_passes_node_checks(serving_nodes, testinfra_backend):
+def test_each_tier_profile_applies_and_passes_node_checks(serving_nodes, testinfra_backend, node_checks):
     pids = {}
     for profile in ("none", "dram", "kv", "dram+kv"):
         apply(profile)
-        proc = node_checks(f"--set=tier_profile={profile}")
+        proc = node_checks(SERVING_CHECKS, f"--set=tier_profile={profile}")
         assert proc.returncode == 0, f"profile {profile}:\n{proc.stdout[-5000:]}"
         new = main_pids(testinfra_backend, serving_nodes)
         if profile in ("kv", "dram+kv"):
@@ -63,12 +53,12 @@ def test_each_tier_profile_applies_and_passes_node_checks(serving_nodes, testinf
     assert main_pids(testinfra_backend, serving_nodes) == pids
 
 
-def test_vllm_restart_still_hits_lmcache_and_kv_server(serving_nodes):
+def test_vllm_restart_still_hits_lmcache_and_kv_server(serving_nodes, node_checks):
     proc = node_checks(
+        f"{SERVING_CHECKS}::test_repeated_long_prompt_is_served_from_lmcache",
         "--set=tier_profile=dram+kv",
         "--set=check_evict=restart",
         f"--hosts=ansible://{serving_nodes[0]}",
-        test=f"{SERVING_CHECKS}::test_repeated_long_prompt_is_served_from_lmcache",
     )
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert "1 passed" in proc.stdout
