@@ -67,3 +67,8 @@ def test_node_exporter_serves_on_cluster_address_only(host, cluster_address, exp
     assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening
     metrics = host.check_output(f"curl -fsS http://{cluster_address}:{port}/metrics")
     assert "node_cpu_seconds_total" in metrics
+
+
+def test_units_pass_systemd_analyze_verify(host):
+    out = host.run("systemd-analyze verify --man=no prometheus-node-exporter.service")
+    assert out.rc == 0, out.stderr
