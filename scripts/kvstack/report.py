@@ -318,10 +318,15 @@ def plot_throughput(results: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("load level")
         ax.set_title(f"{title} (ratio to {BASELINE})")
         ax.legend(fontsize=8)
+    _save(plt, fig, path)
+    return True
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    """Lay out, write a PNG and free the figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return True
 
 
 def plot_latency(results: dict[str, Any], load: str, path: Path) -> bool:
@@ -344,9 +349,7 @@ def plot_latency(results: dict[str, Any], load: str, path: Path) -> bool:
         ax.set_ylabel(unit)
         ax.set_title(f"{metric.upper()} at load {load}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -373,9 +376,7 @@ def plot_kv_datapath(results: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("GB/s")
     ax.set_title("KV data path throughput")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 

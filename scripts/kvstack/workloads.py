@@ -274,6 +274,42 @@ def multi_round_qa(
     return Workload("multi-round-qa", convs, params, ws if users else 0)
 
 
+def _prefixed(
+    tok: WordTokenizer,
+    n_prefixes: int,
+    n_suffixes: int,
+    prefix_tokens: int,
+    suffix_tokens: int,
+    answer_tokens: int,
+    seed: int,
+    seed_tags: tuple[str, str],
+    id_tags: tuple[str, str],
+) -> list[Conversation]:
+    """*n_prefixes* shared prefixes, each followed by *n_suffixes* single-turn suffixes.
+
+    Sibling pieces start with distinct tokens, so prefixes are shared exactly as intended.
+    *seed_tags* name prefix and suffix in the seeds, *id_tags* in the conversation ids.
+    """
+    first, second = seed_tags
+    short = id_tags
+    p_starts: set[int] = set()
+    convs = []
+    for i in range(n_prefixes):
+        prefix = _text(tok, prefix_tokens, _seed(seed, first, i), p_starts)
+        s_starts: set[int] = set()
+        for k in range(n_suffixes):
+            text = _text(tok, suffix_tokens, _seed(seed, second, i, k), s_starts)
+            convs.append(
+                Conversation(
+                    f"{short[0]}{i}/{short[1]}{k}",
+                    prefix,
+                    prefix_tokens,
+                    (Turn(text, suffix_tokens, answer_tokens),),
+                )
+            )
+    return convs
+
+
 def long_doc_qa(
     tok: WordTokenizer,
     *,
@@ -292,16 +328,9 @@ def long_doc_qa(
     _check(documents=documents, repeats=repeats, question_tokens=question_tokens, answer_tokens=answer_tokens)
     if doc_tokens < 1:
         raise ValueError("doc_tokens must be >= 1")
-    doc_starts: set[int] = set()
-    convs = []
-    for d in range(documents):
-        doc = _text(tok, doc_tokens, _seed(seed, "doc", d), doc_starts)
-        q_starts: set[int] = set()
-        for r in range(repeats):
-            q = _text(tok, question_tokens, _seed(seed, "q", d, r), q_starts)
-            convs.append(
-                Conversation(f"doc{d}/q{r}", doc, doc_tokens, (Turn(q, question_tokens, answer_tokens),))
-            )
+    convs = _prefixed(
+        tok, documents, repeats, doc_tokens, question_tokens, answer_tokens, seed, ("doc", "q"), ("doc", "q")
+    )
     random.Random(_seed(seed, "order")).shuffle(convs)
     ws = documents * doc_tokens + (documents * repeats * question_tokens if repeats else 0)
     params = {
@@ -333,16 +362,17 @@ def shared_prefix(
     _check(prefixes=prefixes, suffixes=suffixes, answer_tokens=answer_tokens)
     if prefix_tokens < 1 or suffix_tokens < 1:
         raise ValueError("prefix_tokens and suffix_tokens must be >= 1")
-    p_starts: set[int] = set()
-    convs = []
-    for p in range(prefixes):
-        prefix = _text(tok, prefix_tokens, _seed(seed, "prefix", p), p_starts)
-        s_starts: set[int] = set()
-        for k in range(suffixes):
-            s = _text(tok, suffix_tokens, _seed(seed, "suffix", p, k), s_starts)
-            convs.append(
-                Conversation(f"p{p}/s{k}", prefix, prefix_tokens, (Turn(s, suffix_tokens, answer_tokens),))
-            )
+    convs = _prefixed(
+        tok,
+        prefixes,
+        suffixes,
+        prefix_tokens,
+        suffix_tokens,
+        answer_tokens,
+        seed,
+        ("prefix", "suffix"),
+        ("p", "s"),
+    )
     if shuffle:
         random.Random(_seed(seed, "order")).shuffle(convs)
     ws = prefixes * prefix_tokens + prefixes * suffixes * suffix_tokens
