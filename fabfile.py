@@ -66,3 +66,88 @@ def lab(c, inventory=None):
     """The main job on the lab: lab-up, then provision with site.yml."""
     _lab.up(_inv(inventory))
     _provision.playbook("site.yml", inventory=inventory)
+
+
+def _csv(value: str | None, cast=str) -> tuple | None:
+    if value is None:
+        return None
+    try:
+        return tuple(cast(x.strip()) for x in str(value).split(",") if x.strip())
+    except ValueError as e:
+        raise SystemExit(f"bad list {value!r}: {e}") from None
+
+
+@task(
+    help={
+        "inventory": "inventory directory (default: ansible.cfg's, inventory/lab)",
+        "size": "smoke (minutes, default) or full",
+        "profiles": "tier profiles, comma-separated (default none,dram,kv,dram+kv)",
+        "loads": "load levels: cN = N closed-loop users taking turns, qX = X conversations/s (smoke: c4)",
+        "workload": "multi-round-qa (default), long-doc-qa or shared-prefix",
+        "kv_ratio": "working set / vLLM's KV space (smoke 4, full 6)",
+        "users": "conversations (default: as many as kv-ratio needs)",
+        "rounds": "turns per conversation",
+        "history_tokens": "multi-round QA: each user's own context before the first question",
+        "chunk_sizes": "LMCache chunk sizes (tokens, comma-separated) as a matrix dimension",
+        "repeats": "passes over the matrix, each in its own shuffled order (default 1)",
+        "seed": "seed of workloads and order (default 0)",
+        "node": "serving node to measure (default: the first of group serving)",
+        "probe": "TTFT probe of a 4k-token context (default on; --no-probe)",
+        "datapath": "KV data-path bench (default on; --no-datapath)",
+        "datapath_sizes": "value sizes in bytes, comma-separated (smoke: 256 KiB, 1 MiB, 4 MiB)",
+        "rocksdb": "RocksDB engine bench with the Kvrocks profiles (default on; --no-rocksdb)",
+        "max_seconds": "cap on each load run's duration",
+        "results": "results root (default results/)",
+    }
+)
+def run_bench(
+    c,
+    inventory=None,
+    size="smoke",
+    profiles=None,
+    loads=None,
+    workload="multi-round-qa",
+    kv_ratio=None,
+    users=None,
+    rounds=None,
+    history_tokens=None,
+    chunk_sizes=None,
+    repeats=1,
+    seed=0,
+    node=None,
+    probe=True,
+    datapath=True,
+    datapath_sizes=None,
+    rocksdb=True,
+    max_seconds=None,
+    results=None,
+):
+    """Benchmark the tier profiles on the serving nodes; writes results/<run>/report.md with plots."""
+    from kvstack import bench as _bench
+
+    try:
+        opts = _bench.BenchOptions(
+            inventory=_inv(inventory),
+            size=size,
+            profiles=_csv(profiles) or _bench.PROFILES,
+            loads=_csv(loads),
+            workload=workload,
+            kv_ratio=float(kv_ratio) if kv_ratio is not None else None,
+            users=int(users) if users is not None else None,
+            rounds=int(rounds) if rounds is not None else None,
+            history_tokens=int(history_tokens) if history_tokens is not None else None,
+            chunk_sizes=_csv(chunk_sizes, int) or (),
+            repeats=int(repeats),
+            seed=int(seed),
+            node=node,
+            probe=probe,
+            datapath=datapath,
+            datapath_sizes=_csv(datapath_sizes, int),
+            rocksdb=rocksdb,
+            max_seconds=float(max_seconds) if max_seconds is not None else None,
+            **({"results_dir": Path(results)} if results else {}),
+        )
+        out = _bench.run_bench(opts)
+    except (_bench.BenchError, ValueError) as e:
+        raise SystemExit(f"run-bench: {e}") from None
+    print(f"report: {out / 'report.md'}")

@@ -9,7 +9,11 @@ Two ways to offer load, both over :class:`kvstack.workloads.Conversation`:
 
 - closed loop (``concurrency`` users): each user takes the next conversation from a shared queue and
   sends its turns one after another, each after the previous answer arrived; multi-round
-  conversations build every prompt from their own history (the answers the model returned);
+  conversations build every prompt from their own history (the answers the model returned).
+  With ``interleave`` the conversations take turns instead: a user sends one turn of the
+  conversation at the head of the queue, which then goes to the back, so every conversation is
+  active at once and its history must survive the turns of all the others in between (how
+  multi-round QA benchmarks make a working set outgrow the engine's own cache);
 - open loop (``qps``): conversations start at that rate (Poisson or evenly spaced arrivals, seeded),
   however many are already running; turns within a conversation stay sequential, so with
   single-turn workloads this is a request rate.
@@ -27,6 +31,7 @@ import contextlib
 import json
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,6 +62,8 @@ class LoadConfig:
     max_seconds: float | None = None
     api_key: str | None = None
     think_time_s: float = 0.0
+    #: closed loop: conversations take turns (one turn each, round robin) instead of running to the end
+    interleave: bool = False
     #: merged into every request body (e.g. ``{"top_k": 1}``); overrides the defaults
     extra_body: dict[str, Any] = field(default_factory=dict)
 
@@ -248,26 +255,59 @@ class _Runner:
         self.sent += 1
         return True
 
+    async def turn(self, session: aiohttp.ClientSession, conv: Conversation, answers: list[str]) -> bool:
+        """Send *conv*'s next turn (``len(answers)``) built from the answers so far; True when it
+        succeeded and the conversation may go on."""
+        i = len(answers)
+        if i and self.cfg.think_time_s:
+            await asyncio.sleep(self.cfg.think_time_s)
+        if not self.may_send():
+            return False
+        turn = conv.turns[i]
+        rec, text = await send_request(
+            session, self.cfg, conv.prompt(i, answers), turn.max_tokens, conversation=conv.id, turn=i
+        )
+        self.records.append(rec)
+        if self.progress:
+            self.progress(len(self.records), self.planned, rec)
+        if not rec.ok:
+            if i + 1 < len(conv.turns):
+                self.aborted += 1
+            return False
+        answers.append(text)
+        return True
+
     async def conversation(self, session: aiohttp.ClientSession, conv: Conversation) -> None:
         """Send *conv*'s turns in order, each prompt built from the answers so far."""
         self.started += 1
         answers: list[str] = []
-        for i, turn in enumerate(conv.turns):
-            if i and self.cfg.think_time_s:
-                await asyncio.sleep(self.cfg.think_time_s)
-            if not self.may_send():
-                return
-            rec, text = await send_request(
-                session, self.cfg, conv.prompt(i, answers), turn.max_tokens, conversation=conv.id, turn=i
-            )
-            self.records.append(rec)
-            if self.progress:
-                self.progress(len(self.records), self.planned, rec)
-            if not rec.ok:
-                if i + 1 < len(conv.turns):
-                    self.aborted += 1
-                return
-            answers.append(text)
+        while len(answers) < len(conv.turns) and await self.turn(session, conv, answers):
+            pass
+
+    async def interleaved(self, session: aiohttp.ClientSession) -> None:
+        """``concurrency`` users sending one turn at a time of the conversation at the queue's head."""
+        queue: deque[tuple[Conversation, list[str]]] = deque((c, []) for c in self.conversations)
+        in_flight = 0
+
+        async def user() -> None:
+            nonlocal in_flight
+            while not self.over():
+                if not queue:
+                    if not in_flight:
+                        return
+                    await asyncio.sleep(0.005)  # the others' conversations come back to the queue
+                    continue
+                conv, answers = queue.popleft()
+                if not answers:
+                    self.started += 1
+                in_flight += 1
+                try:
+                    if await self.turn(session, conv, answers) and len(answers) < len(conv.turns):
+                        queue.append((conv, answers))
+                finally:
+                    in_flight -= 1
+
+        await asyncio.gather(*(user() for _ in range(self.cfg.concurrency)))
 
     async def closed(self, session: aiohttp.ClientSession) -> None:
         """``concurrency`` users, each running conversations from a shared queue until it is empty."""
@@ -315,7 +355,12 @@ async def run_load(
             connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=None)
         )
     try:
-        await (runner.closed(session) if cfg.mode == "closed" else runner.open(session))
+        if cfg.mode == "open":
+            await runner.open(session)
+        elif cfg.interleave:
+            await runner.interleaved(session)
+        else:
+            await runner.closed(session)
     finally:
         if own:
             await session.close()

@@ -29,11 +29,12 @@ def playbook(
     extra_args: list[str] | None = None,
     capture: bool = False,
     check_rc: bool = True,
+    echo: bool = True,
 ) -> subprocess.CompletedProcess:
     """Run ``ansible-playbook`` from the repo root.
 
     Output is streamed, or captured (``capture=True``: stdout and stderr together in
-    ``.stdout``, also echoed). Raises CalledProcessError on failure when ``check_rc``.
+    ``.stdout``, also echoed unless ``echo=False``). Raises CalledProcessError on failure when ``check_rc``.
     """
     cmd = [ansible_bin("ansible-playbook"), playbook]
     if inventory:
@@ -54,7 +55,8 @@ def playbook(
     if not capture:
         return subprocess.run(cmd, cwd=REPO, env=env, check=check_rc)
     proc = subprocess.run(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sys.stdout.write(proc.stdout)
+    if echo:
+        sys.stdout.write(proc.stdout)
     if check_rc and proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout)
     return proc

@@ -40,6 +40,8 @@ BASELINE = "none"
 TEMPLATE = "report.md.j2"
 TEMPLATES_DIR = REPO / "templates"
 PERCENTILES = ("p50", "p95", "p99")
+#: where a probe request's prompt tokens came from, as counted by vLLM and LMCache
+PROBE_SOURCES = ("local_cache_hit", "external_kv_transfer", "LMCache L1 hit", "LMCache L2 hit")
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
@@ -102,6 +104,8 @@ def missing_parts(results: dict[str, Any]) -> list[str]:
         for load in _get(results, "plan", "loads") or []
         if (p, str(load)) not in runs
     ]
+    if _get(results, "plan", "probe") and not results.get("ttft_probe"):
+        out.append("TTFT probe: not run")
     if _get(results, "plan", "kv_datapath") and not results.get("kv_datapath"):
         out.append("KV data-path bench: not run")
     out += [str(m) for m in results.get("missing", [])]
@@ -176,19 +180,49 @@ def _latency_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _metrics_table(results: dict[str, Any]) -> dict[str, Any] | None:
-    runs = [r for r in results.get("runs", []) if r.get("metrics")]
-    if not runs:
-        return None
+#: the "Where time goes" tables: a metric goes to the first group whose prefix it starts with
+METRIC_GROUPS = (
+    ("vLLM", ("vLLM", "external", "prompt tokens", "queue", "prefill", "preemptions")),
+    ("LMCache", ("LMCache",)),
+    ("KV server and nodes", ("",)),
+)
+
+
+def _metrics_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-run counters as tables per :data:`METRIC_GROUPS`, runs in profile then load order."""
+    order = {
+        (p, load): i
+        for i, (p, load) in enumerate((p, x) for p in profiles_of(results) for x in loads_of(results))
+    }
+    runs = sorted(
+        (r for r in results.get("runs", []) if r.get("metrics")),
+        key=lambda r: order.get((r["profile"], str(r["load"])), len(order)),
+    )
     keys = list(dict.fromkeys(k for r in runs for k in r["metrics"]))
-    rows = []
-    for r in runs:
-        cells = [f"`{r['profile']}`", str(r["load"])]
-        for k in keys:
-            v = r["metrics"].get(k)
-            cells.append(fmt(v, 3) if isinstance(v, float) else "-" if v is None else f"{v:,}")
-        rows.append(cells)
-    return {"keys": keys, "rows": rows}
+    grouped: dict[str, list[str]] = {}
+    for k in keys:
+        title = next(t for t, prefixes in METRIC_GROUPS if k.startswith(prefixes))
+        grouped.setdefault(title, []).append(k)
+    tables = []
+    for title, _ in METRIC_GROUPS:
+        ks = grouped.get(title)
+        if not ks:
+            continue
+        rows = []
+        for r in runs:
+            cells = [f"`{r['profile']}`", str(r["load"])]
+            for k in ks:
+                v = r["metrics"].get(k)
+                cells.append(
+                    fmt(v, 3 if abs(v) < 10 else 1)
+                    if isinstance(v, float)
+                    else "-"
+                    if v is None
+                    else f"{v:,}"
+                )
+            rows.append(cells)
+        tables.append({"title": title, "keys": ks, "rows": rows})
+    return tables
 
 
 def _kv_table(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -204,6 +238,56 @@ def _kv_table(results: dict[str, Any]) -> dict[str, Any] | None:
         for size in sorted({r["value_bytes"] for r in sized})
     ]
     return {"paths": paths, "rows": table, "refs": [[r["path"], fmt(r["gb_per_s"], 2)] for r in refs]}
+
+
+def _probe_table(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The TTFT probe (``results["ttft_probe"]``): per phase P50/min/max TTFT and where its prompt
+    tokens came from (vLLM's and LMCache's counters)."""
+    p = results.get("ttft_probe")
+    if not p:
+        return None
+    rows = []
+    for phase, values in (p.get("ttft_s") or {}).items():
+        src = (p.get("tokens_by_source") or {}).get(phase, {})
+        rows.append(
+            [
+                phase,
+                str(len(values)),
+                fmt(_ms(_get(p, "ttft_p50_s", phase))),
+                fmt(_ms(min(values)) if values else None),
+                fmt(_ms(max(values)) if values else None),
+            ]
+            + [f"{int(src[k]):,}" if k in src else "-" for k in PROBE_SOURCES]
+        )
+    return {"tokens": p.get("prompt_tokens"), "n": p.get("n"), "failed": p.get("failed", 0), "rows": rows}
+
+
+def _rocksdb_table(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The RocksDB engine bench (``results["rocksdb"]``, kvstack.rocksbench.run_rocksdb): one row per
+    profile, medium and value size; ``unmapped`` lists per profile the Kvrocks keys not applied."""
+    rows = results.get("rocksdb") or []
+    if not rows:
+        return None
+    table = []
+    for r in rows:
+        st = r.get("stats") or {}
+        amp = st.get("bytes_read_per_byte_returned")
+        table.append(
+            [
+                f"`{r['profile']}`",
+                str(r.get("medium", "-")),
+                fmt_bytes(r.get("value_bytes")),
+                fmt(r.get("put_gb_per_s"), 2),
+                fmt(r.get("get_gb_per_s"), 2),
+                fmt(r.get("put_p99_ms")),
+                f"{st.get('block_cache_hit', '-')} / {st.get('block_cache_miss', '-')}",
+                fmt(amp, 2),
+                fmt(st.get("stall_micros") / 1000 if st.get("stall_micros") is not None else None),
+                str(st.get("write_stall_count", "-")),
+            ]
+        )
+    unmapped = {r["profile"]: ", ".join(r.get("unmapped") or []) or "none" for r in rows}
+    return {"rows": table, "unmapped": [[f"`{p}`", u] for p, u in unmapped.items()]}
 
 
 def context(results: dict[str, Any], images: dict[str, str] | None = None) -> dict[str, Any]:
@@ -223,8 +307,10 @@ def context(results: dict[str, Any], images: dict[str, str] | None = None) -> di
         "loads": loads_of(results),
         "throughput_rows": _throughput_rows(results),
         "latency_rows": _latency_rows(results),
-        "metrics": _metrics_table(results),
+        "metrics": _metrics_tables(results),
         "kv": _kv_table(results),
+        "rocksdb": _rocksdb_table(results),
+        "probe": _probe_table(results),
         "targets": [evaluate_target(t) for t in results.get("targets", [])],
         "missing": missing,
         "images": images,
@@ -380,6 +466,29 @@ def plot_kv_datapath(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def plot_rocksdb(results: dict[str, Any], path: Path) -> bool:
+    """RocksDB engine bench: put and get GB/s per profile, medium and value size (grouped bars)."""
+    rows = results.get("rocksdb") or []
+    if not rows:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    groups = list(dict.fromkeys((r["profile"], r.get("medium", "-")) for r in rows))
+    sizes = sorted({r["value_bytes"] for r in rows})
+    width = 0.8 / max(len(sizes), 1)
+    for ax, key, title in zip(axes, ("put_gb_per_s", "get_gb_per_s"), ("put GB/s", "get GB/s"), strict=True):
+        for i, size in enumerate(sizes):
+            cells = {(r["profile"], r.get("medium", "-")): r[key] for r in rows if r["value_bytes"] == size}
+            xs = [j + (i - (len(sizes) - 1) / 2) * width for j in range(len(groups))]
+            ax.bar(xs, [cells.get(g, 0) for g in groups], width, label=fmt_bytes(size))
+        ax.set_xticks(range(len(groups)), [f"{p}\n{m}" for p, m in groups], fontsize=7)
+        ax.set_ylabel("GB/s")
+        ax.set_title(f"RocksDB {title} per Kvrocks profile")
+        ax.legend(fontsize=8)
+    _save(plt, fig, path)
+    return True
+
+
 def write_plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
     """Write every plot the results allow into *outdir*; returns name -> file name."""
     images: dict[str, str] = {}
@@ -391,6 +500,8 @@ def write_plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
             images[f"latency_{load}"] = name
     if plot_kv_datapath(results, outdir / "kv_datapath.png"):
         images["kv_datapath"] = "kv_datapath.png"
+    if plot_rocksdb(results, outdir / "rocksdb.png"):
+        images["rocksdb"] = "rocksdb.png"
     return images
 
 

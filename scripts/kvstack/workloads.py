@@ -238,21 +238,31 @@ def multi_round_qa(
     system_tokens: int,
     question_tokens: int,
     answer_tokens: int,
+    history_tokens: int = 0,
     seed: int = 0,
 ) -> Workload:
     """*users* conversations of *rounds* turns after one shared system prompt, history kept.
 
-    Round r's prompt of a user is ``system + (q_0 + a_0) + ... + (q_{r-1} + a_{r-1}) + q_r`` with the
-    model's actual answers. Working set (every prompt's tokens, answers at *answer_tokens*):
-    ``S + users * (rounds * Q + (rounds - 1) * A)``.
+    Round r's prompt of a user is ``system + history + (q_0 + a_0) + ... + (q_{r-1} + a_{r-1}) + q_r``
+    with the model's actual answers; ``history`` is the user's own earlier context of
+    *history_tokens* (production-stack's ``--user-history-prompt``; 0 for none). Working set (every
+    prompt's tokens, answers at *answer_tokens*): ``S + users * (H + rounds * Q + (rounds - 1) * A)``.
     """
-    _check(users=users, rounds=rounds, system_tokens=system_tokens, answer_tokens=answer_tokens)
+    _check(
+        users=users,
+        rounds=rounds,
+        system_tokens=system_tokens,
+        answer_tokens=answer_tokens,
+        history_tokens=history_tokens,
+    )
     if question_tokens < 1 or rounds < 1:
         raise ValueError("multi-round QA needs question_tokens >= 1 and rounds >= 1")
     system = _text(tok, system_tokens, _seed(seed, "system"))
     first_tokens: set[int] = set()
+    history_starts: set[int] = set()
     convs = []
     for u in range(users):
+        history = _text(tok, history_tokens, _seed(seed, "history", u), history_starts)
         turns = tuple(
             Turn(
                 _text(tok, question_tokens, _seed(seed, "q", u, r), first_tokens if r == 0 else None),
@@ -261,12 +271,16 @@ def multi_round_qa(
             )
             for r in range(rounds)
         )
-        convs.append(Conversation(f"user{u}", system, system_tokens, turns, keep_history=True))
-    ws = system_tokens + users * (rounds * question_tokens + (rounds - 1) * answer_tokens)
+        prefix = join((system, history))
+        convs.append(
+            Conversation(f"user{u}", prefix, system_tokens + history_tokens, turns, keep_history=True)
+        )
+    ws = system_tokens + users * (history_tokens + rounds * question_tokens + (rounds - 1) * answer_tokens)
     params = {
         "users": users,
         "rounds": rounds,
         "system_tokens": system_tokens,
+        "history_tokens": history_tokens,
         "question_tokens": question_tokens,
         "answer_tokens": answer_tokens,
         "seed": seed,
@@ -395,9 +409,10 @@ def users_for_kv_ratio(
     system_tokens: int,
     question_tokens: int,
     answer_tokens: int,
+    history_tokens: int = 0,
     kv_bytes_per_token: int = TINY_MODEL_KV_BYTES_PER_TOKEN,
 ) -> int:
     """Fewest multi-round QA users whose working set is at least *ratio* x vLLM's KV space."""
     need = ratio * kv_space_bytes / kv_bytes_per_token - system_tokens
-    per_user = rounds * question_tokens + (rounds - 1) * answer_tokens
+    per_user = history_tokens + rounds * question_tokens + (rounds - 1) * answer_tokens
     return max(1, math.ceil(need / per_user))

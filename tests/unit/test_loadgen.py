@@ -185,6 +185,47 @@ def test_closed_loop_multi_round_builds_history_from_answers():
         assert c.prompt(2, answers).startswith(f"sys{c.id[-1]} q{c.id[-1]}r0 w")
 
 
+def test_interleave_takes_turns_round_robin():
+    """Three 2-turn conversations, one user: u0r0 u1r0 u2r0 u0r1 u1r1 u2r1 (sequential would be
+    u0r0 u0r1 u1r0 ...); with three users each conversation's turns still never overlap."""
+    convs = [
+        Conversation(
+            f"u{u}", f"sys{u}", 1, tuple(Turn(f"q{u}r{r}", 1, 1) for r in range(2)), keep_history=True
+        )
+        for u in range(3)
+    ]
+
+    async def go(concurrency: int, interleave: bool):
+        async with fake_server() as (fake, url):
+            cfg = LoadConfig(url, "tiny", concurrency=concurrency, interleave=interleave)
+            return fake, await run_load(convs, cfg)
+
+    _, seq = asyncio.run(go(1, False))
+    assert [(r.conversation, r.turn) for r in seq.records] == [
+        ("u0", 0),
+        ("u0", 1),
+        ("u1", 0),
+        ("u1", 1),
+        ("u2", 0),
+        ("u2", 1),
+    ]
+    _, res = asyncio.run(go(1, True))
+    assert [(r.conversation, r.turn) for r in res.records] == [
+        ("u0", 0),
+        ("u1", 0),
+        ("u2", 0),
+        ("u0", 1),
+        ("u1", 1),
+        ("u2", 1),
+    ]
+    assert res.conversations_started == 3 and res.stopped_by == "workload done"
+    fake, res = asyncio.run(go(3, True))
+    assert len(res.records) == 6 and all(r.ok for r in res.records) and fake.max_active == 3
+    for c in convs:
+        a, b = (r for r in res.records if r.conversation == c.id)
+        assert a.end <= b.start and (a.turn, b.turn) == (0, 1)
+
+
 def test_failed_turn_stops_its_conversation():
     conv = Conversation(
         "u", "sys", 1, (Turn("a", 1, 2), Turn("ERROR", 1, 2), Turn("c", 1, 2)), keep_history=True

@@ -101,6 +101,30 @@ def test_multi_round_qa_exact_counts_and_growing_history(tok):
         w.conversations[0].prompt(2, answers[:1])  # round 2 needs two answers
 
 
+def test_multi_round_qa_user_history(tok):
+    """Each user's own history sits after the shared system prompt: users share exactly S tokens,
+    every prompt starts with S + H tokens of its user's prefix, the working set counts H per user."""
+    S, H, Q, A, N, R = 24, 50, 6, 4, 3, 3
+    w = multi_round_qa(
+        tok, users=N, rounds=R, system_tokens=S, history_tokens=H, question_tokens=Q, answer_tokens=A, seed=5
+    )
+    answers = [" " + tinymodel.make_prompt(tok, A, 200 + r) for r in range(R)]
+    prompts = []
+    for c in w.conversations:
+        assert c.prefix_tokens == S + H and n_tokens(tok, c.prefix) == S + H
+        for r in range(R):
+            p = c.prompt(r, answers[:r])
+            assert n_tokens(tok, p) == S + H + r * (Q + A) + Q == c.prompt_tokens(r)
+            prompts.append(tok.encode(p))
+    firsts = [tok.encode(c.prompt(0)) for c in w.conversations]
+    assert all(common_prefix_len(a, b) == S for a, b in itertools.combinations(firsts, 2))
+    assert w.working_set_tokens == S + N * (H + R * Q + (R - 1) * A) == unique_prefix_tokens(prompts)
+    assert w.params["history_tokens"] == H
+    assert users_for_kv_ratio(
+        2, 4096 * 1000, rounds=R, system_tokens=S, history_tokens=H, question_tokens=Q, answer_tokens=A
+    ) == -(-(2000 - S) // (H + R * Q + (R - 1) * A))
+
+
 def test_multi_round_qa_is_reproducible(tok):
     kw = dict(users=2, rounds=2, system_tokens=8, question_tokens=3, answer_tokens=2)
     a, b = multi_round_qa(tok, seed=1, **kw), multi_round_qa(tok, seed=1, **kw)

@@ -1,0 +1,941 @@
+"""`fab run-bench`: the tier benchmark matrix, where its time goes, and the report.
+
+One run, in ``results/<run id>/``:
+
+1. **Endpoints** from Ansible (``playbooks/bench-endpoints.yml``): each role says where its service
+   listens, with its own defaults and the inventory's values (vault included).
+2. **Workload** built offline with the served model's own tokenizer (fetched from the serving
+   node), sized against vLLM's actual KV space (read from ``vllm:cache_config_info``), so the
+   working set is ``kv_ratio`` times what vLLM's own cache holds. Every run draws its own text
+   (``--seed`` plus a random salt, recorded): no run can hit a prefix another run, or an earlier
+   bench, stored, so nothing is ever flushed from any tier.
+3. **Matrix**: tier profiles (x LMCache chunk sizes, optional) x load levels, repeated; each cell
+   switches the serving node through ``site.yml`` (the provisioning code path), sends warm-up
+   requests that are not measured, empties vLLM's own prefix cache, then runs each load level with
+   counters read before and after (:mod:`kvstack.metrics`). The profile order is shuffled per
+   repeat (seeded), so drift does not favour one profile.
+4. **TTFT probe** (profile ``kv``): a 4k-token context cold, as vLLM's own prefix-cache hit, and
+   served from the KV-server tier after vLLM's cache was emptied.
+5. **KV data path** on a serving node against the KV server, and the **RocksDB engine** with each
+   Kvrocks tuning profile on disk and tmpfs (:mod:`kvstack.datapath`).
+6. **Targets** of the issue, met or missed, then ``report.md`` and plots (:mod:`kvstack.report`).
+
+``results.json`` is rewritten after every step: an interrupted or failed run keeps what it
+measured, and its report lists what is missing. The serving nodes go back to the inventory's tier
+profile at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import random
+import re
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kvstack import REPO, datapath, provision, report, rocksbench
+from kvstack import metrics as m
+from kvstack.loadgen import LoadConfig, log_progress, run
+from kvstack.log import progress
+from kvstack.stats import SLO, RequestResult, percentile, read_jsonl, summarize, write_jsonl
+from kvstack.workloads import (
+    TokenizerAdapter,
+    Workload,
+    kv_bytes_per_token,
+    long_doc_qa,
+    multi_round_qa,
+    shared_prefix,
+)
+
+PROFILES = report.PROFILES
+WORKLOADS = ("multi-round-qa", "long-doc-qa", "shared-prefix")
+SIZES = ("smoke", "full")
+MiB = 1 << 20
+#: per size: workload shape, load levels, probe and data-path sizes
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "loads": ("c4",),
+        "rounds": 5,
+        "system_tokens": 512,
+        "history_tokens": 2048,
+        "question_tokens": 64,
+        "answer_tokens": 16,
+        "kv_ratio": 4.0,
+        "probe_n": 3,
+        "datapath_sizes": (256 * 1024, MiB, 4 * MiB),
+        "datapath_n": 8,
+        "rocksdb_sizes": (MiB,),
+        "rocksdb_n": 16,
+    },
+    "full": {
+        "loads": ("c2", "c8"),
+        "rounds": 8,
+        "system_tokens": 1024,
+        "history_tokens": 4096,
+        "question_tokens": 64,
+        "answer_tokens": 32,
+        "kv_ratio": 6.0,
+        "probe_n": 10,
+        "datapath_sizes": (256 * 1024, MiB, 2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB),
+        "datapath_n": 32,
+        "rocksdb_sizes": (MiB, 4 * MiB, 16 * MiB),
+        "rocksdb_n": 64,
+    },
+}
+PROBE_TOKENS = 4096
+TARGETS = {"throughput_x": 3.0, "kv_vs_local_hit_x": 1.25, "cold_vs_kv_x": 5.0, "l2_vs_raw": 0.70}
+
+
+class BenchError(ValueError):
+    """Bad bench arguments or an unusable stack, found before anything changed."""
+
+
+@dataclass
+class BenchOptions:
+    """What to run; ``None`` fields take the value of the ``size`` preset."""
+
+    inventory: Path | None = None
+    size: str = "smoke"
+    profiles: tuple[str, ...] = PROFILES
+    loads: tuple[str, ...] | None = None
+    workload: str = "multi-round-qa"
+    kv_ratio: float | None = None
+    users: int | None = None
+    rounds: int | None = None
+    system_tokens: int | None = None
+    history_tokens: int | None = None
+    question_tokens: int | None = None
+    answer_tokens: int | None = None
+    chunk_sizes: tuple[int, ...] = ()
+    repeats: int = 1
+    seed: int = 0
+    warmup: int = 2
+    probe: bool = True
+    probe_n: int | None = None
+    datapath: bool = True
+    datapath_sizes: tuple[int, ...] | None = None
+    datapath_n: int | None = None
+    rocksdb: bool = True
+    rocksdb_sizes: tuple[int, ...] | None = None
+    rocksdb_n: int | None = None
+    rocksdb_dir: Path = Path("/var/tmp")
+    switch: bool = True
+    node: str | None = None
+    max_seconds: float | None = None
+    slo_ttft_ms: float = 2000.0
+    slo_itl_ms: float = 200.0
+    results_dir: Path = REPO / "results"
+
+    def preset(self, key: str) -> Any:
+        """The option's value, or the size preset's."""
+        v = getattr(self, key, None)
+        return PRESETS[self.size][key] if v is None else v
+
+
+@dataclass(frozen=True)
+class Load:
+    """A load level: ``c4`` = 4 closed-loop users taking turns, ``q2.5`` = 2.5 conversations/s."""
+
+    label: str
+    mode: str
+    value: float
+
+    @classmethod
+    def parse(cls, label: str) -> Load:
+        """Parse ``cN`` or ``qX``; a clear error names the bad value."""
+        mt = re.fullmatch(r"(c)(\d+)|(q)(\d+(?:\.\d+)?)", label.strip())
+        if not mt:
+            raise BenchError(f"--loads: {label!r} is not cN (N closed-loop users) or qX (X conversations/s)")
+        if mt.group(1):
+            n = int(mt.group(2))
+            if n < 1:
+                raise BenchError(f"--loads: {label!r} needs at least 1 user")
+            return cls(label.strip(), "closed", n)
+        x = float(mt.group(4))
+        if x <= 0:
+            raise BenchError(f"--loads: {label!r} needs a rate above 0")
+        return cls(label.strip(), "open", x)
+
+
+def validate(o: BenchOptions) -> list[Load]:
+    """Check every option before anything changes; returns the parsed load levels."""
+    if o.size not in PRESETS:
+        raise BenchError(f"--size: {o.size!r} is not one of {', '.join(SIZES)}")
+    bad = [p for p in o.profiles if p not in PROFILES]
+    if bad or not o.profiles:
+        raise BenchError(
+            f"--profiles: {', '.join(bad) or 'empty'}: each must be one of {', '.join(PROFILES)}"
+        )
+    if len(set(o.profiles)) != len(o.profiles):
+        raise BenchError("--profiles: a profile is listed twice")
+    if o.workload not in WORKLOADS:
+        raise BenchError(f"--workload: {o.workload!r} is not one of {', '.join(WORKLOADS)}")
+    loads = [Load.parse(x) for x in o.preset("loads")]
+    if len({x.label for x in loads}) != len(loads):
+        raise BenchError("--loads: a load level is listed twice")
+    for name in ("rounds", "question_tokens"):
+        if o.preset(name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')}: must be >= 1, got {o.preset(name)}")
+    for name in ("system_tokens", "history_tokens", "answer_tokens", "warmup"):
+        if o.preset(name) < 0:
+            raise BenchError(f"--{name.replace('_', '-')}: must be >= 0, got {o.preset(name)}")
+    if o.preset("answer_tokens") < 1:
+        raise BenchError("--answer-tokens: must be >= 1 (TTFT and ITL need generated tokens)")
+    if o.preset("kv_ratio") <= 0:
+        raise BenchError(f"--kv-ratio: must be > 0, got {o.kv_ratio}")
+    if o.users is not None and o.users < 1:
+        raise BenchError(f"--users: must be >= 1, got {o.users}")
+    if o.repeats < 1:
+        raise BenchError(f"--repeats: must be >= 1, got {o.repeats}")
+    if o.preset("probe_n") < 1:
+        raise BenchError(f"--probe-n: must be >= 1, got {o.probe_n}")
+    for name in ("datapath_sizes", "rocksdb_sizes"):
+        sizes = o.preset(name)
+        if not sizes or any(x < 1 for x in sizes):
+            raise BenchError(f"--{name.replace('_', '-')}: value sizes must be >= 1 byte, got {sizes}")
+    for name in ("datapath_n", "rocksdb_n"):
+        if o.preset(name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')}: must be >= 1, got {o.preset(name)}")
+    for c in o.chunk_sizes:
+        if c < 1 or c % 128:
+            raise BenchError(f"--chunk-sizes: {c} is not a positive multiple of vLLM's CPU block size 128")
+    if o.max_seconds is not None and o.max_seconds <= 0:
+        raise BenchError(f"--max-seconds: must be > 0, got {o.max_seconds}")
+    if o.slo_ttft_ms <= 0 or o.slo_itl_ms <= 0:
+        raise BenchError("--slo-ttft-ms and --slo-itl-ms must be > 0")
+    if (o.chunk_sizes or len(o.profiles) > 1 or o.probe) and not o.switch:
+        raise BenchError(
+            "--no-switch runs the profile the nodes have: give one --profiles entry and --no-probe"
+        )
+    if o.rocksdb and not o.rocksdb_dir.is_dir():
+        raise BenchError(f"--rocksdb-dir: {o.rocksdb_dir} is not a directory")
+    return loads
+
+
+# --- the stack's endpoints --------------------------------------------------------------------
+
+
+@dataclass
+class Endpoints:
+    """What ``playbooks/bench-endpoints.yml`` wrote (secrets included: never saved in results)."""
+
+    nodes: dict[str, dict[str, Any]]
+    serving: dict[str, dict[str, Any]]
+    kv: list[str]
+
+    def vllm(self, node: str) -> dict[str, Any]:
+        """The first vLLM instance of *node*."""
+        eps = self.serving[node]["vllm"]
+        if not eps:
+            raise BenchError(f"{node}: no vllm_instances")
+        return eps[0]
+
+    def lmcache(self, node: str) -> dict[str, Any]:
+        """*node*'s LMCache endpoints and KV-server settings."""
+        return self.serving[node]["lmcache"]
+
+
+def fetch_endpoints(inventory: Path | None) -> Endpoints:
+    """Run ``playbooks/bench-endpoints.yml`` into a root-only temporary file, read it, delete it."""
+    fd, path = tempfile.mkstemp(prefix="kvstack-endpoints-", suffix=".json")
+    os.close(fd)
+    try:
+        provision.playbook(
+            "playbooks/bench-endpoints.yml",
+            inventory=inventory,
+            extra_vars={"bench_endpoints_file": path},
+            capture=True,
+            echo=False,
+        )
+        data = json.loads(Path(path).read_text())
+    finally:
+        Path(path).unlink(missing_ok=True)
+    if not data.get("serving"):
+        raise BenchError("the inventory has no host in group serving")
+    return Endpoints(nodes=data["nodes"], serving=data["serving"], kv=list(data.get("kv") or []))
+
+
+def connection(ep: Endpoints, node: str) -> Any:
+    """A Fabric connection to *node*, as Ansible reaches it."""
+    from fabric import Connection
+
+    n = ep.nodes[node]
+    kwargs = {"key_filename": n["ssh_key"]} if n.get("ssh_key") else {}
+    return Connection(n["ssh_host"], user=n["ssh_user"], port=int(n["ssh_port"]), connect_kwargs=kwargs)
+
+
+# --- results directory -------------------------------------------------------------------------
+
+
+class Results:
+    """``results/<run id>/``: results.json rewritten atomically after each step, raw data beside."""
+
+    def __init__(self, root: Path, run_id: str | None = None) -> None:
+        self.run_id = run_id or dt.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+        self.dir = root / self.run_id
+        (self.dir / "runs").mkdir(parents=True, exist_ok=False)
+        self.data: dict[str, Any] = {
+            "run_id": self.run_id,
+            "started_at": _now(),
+            "finished_at": None,
+            "interrupted": True,  # until the run finishes
+            "runs": [],
+            "missing": [],
+        }
+        self.repeats: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+    def save(self) -> None:
+        """Write results.json (atomically: a crash leaves the previous version)."""
+        tmp = self.dir / "results.json.tmp"
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        tmp.replace(self.dir / "results.json")
+
+    def add_run(
+        self,
+        profile: str,
+        load: str,
+        repeat: int,
+        records: list[RequestResult],
+        wall_s: float,
+        meta: dict[str, Any],
+        deltas: dict[str, dict[str, float]],
+        kinds: dict[str, str],
+        counters: dict[str, set[str]],
+        slo: SLO,
+    ) -> dict[str, Any]:
+        """Store one measured run and update the (profile, load) entry merged over repeats."""
+        stem = f"{_safe(profile)}__{_safe(load)}__r{repeat}"
+        write_jsonl(records, self.dir / "runs" / f"{stem}.jsonl")
+        (self.dir / "runs" / f"{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
+        rep = {
+            "repeat": repeat,
+            "file": f"runs/{stem}.jsonl",
+            "wall_s": wall_s,
+            "meta": meta,
+            "deltas": deltas,
+        }
+        reps = self.repeats.setdefault((profile, load), [])
+        reps.append(rep)
+        all_records = [r for x in reps for r in read_jsonl(self.dir / x["file"])]
+        merged = m.merge([x["deltas"] for x in reps], counters)
+        entry = {
+            "profile": profile,
+            "load": load,
+            "repeats": [{k: v for k, v in x.items() if k != "deltas"} for x in reps],
+            "summary": summarize(all_records, slo=slo, wall_time_s=sum(x["wall_s"] for x in reps)).to_dict(),
+            "metrics": m.summarize(merged, kinds),
+        }
+        self.data["runs"] = [r for r in self.data["runs"] if (r["profile"], r["load"]) != (profile, load)]
+        self.data["runs"].append(entry)
+        self.save()
+        return entry
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s)
+
+
+# --- talking to the stack ----------------------------------------------------------------------
+
+
+def post(url: str, api_key: str = "", timeout: float = 30.0) -> int:
+    """POST with an empty body; returns the HTTP status (errors included)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    req = urllib.request.Request(url, data=b"", method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def reset_prefix_cache(vllm: dict[str, Any]) -> bool:
+    """Empty vLLM's own prefix cache (a dev-mode endpoint; LMCache's tiers are left alone)."""
+    return post(vllm["url"] + "/reset_prefix_cache", vllm.get("api_key", "")) == 200
+
+
+def wait_healthy(vllm: dict[str, Any], timeout_s: float = 900.0) -> None:
+    """Poll /health until vLLM answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(vllm["url"] + "/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{vllm['url']}/health did not answer within {timeout_s:.0f} s")
+        time.sleep(2)
+
+
+def kv_space_tokens(vllm: dict[str, Any]) -> tuple[int, int]:
+    """vLLM's KV space as (tokens, block size), from its ``/metrics``."""
+    return parse_kv_space(m.http_get(vllm["url"] + "/metrics", headers=_auth(vllm)), vllm["url"])
+
+
+def parse_kv_space(metrics_text: str, where: str = "vLLM") -> tuple[int, int]:
+    """(tokens, block size) from ``vllm:cache_config_info``: blocks (the override when set) x size."""
+    for line in metrics_text.splitlines():
+        if line.startswith("vllm:cache_config_info{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            blocks = labels.get("num_gpu_blocks_override")
+            if blocks in (None, "None", ""):
+                blocks = labels.get("num_gpu_blocks")
+            bs = int(labels["block_size"])
+            return int(blocks) * bs, bs
+    raise BenchError(f"{where}/metrics has no vllm:cache_config_info")
+
+
+def _auth(vllm: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {vllm['api_key']}"} if vllm.get("api_key") else {}
+
+
+def metric_sources(
+    ep: Endpoints, nodes: list[str], lmcache: bool = True
+) -> tuple[list[m.Source], dict[str, str]]:
+    """Counter sources for the serving *nodes* (their LMCache servers with *lmcache*: profile
+    ``none`` runs none), the KV server and every node's exporter."""
+    sources: list[m.Source] = []
+    for node in nodes:
+        v = ep.vllm(node)
+        sources.append(
+            m.Source(f"vllm@{node}", "vllm", lambda v=v: m.scrape(v["url"] + "/metrics", headers=_auth(v)))
+        )
+        if lmcache:
+            sources.append(lmcache_source(ep, node))
+    for node, info in ep.nodes.items():
+        if info.get("node_exporter_url"):
+            sources.append(
+                m.Source(
+                    f"node@{node}", "node", lambda u=info["node_exporter_url"]: m.scrape(u, m.NODE_PREFIXES)
+                )
+            )
+    if nodes:
+        lm = ep.lmcache(nodes[0])
+        if lm.get("kv_host"):
+            sources.append(m.Source("kv", "kv", lambda lm=lm: _kv_info(lm)))
+    return sources, {s.name: s.kind for s in sources}
+
+
+def lmcache_source(ep: Endpoints, node: str) -> m.Source:
+    """*node*'s LMCache server counters (loopback only: read over SSH)."""
+    url = ep.lmcache(node)["metrics_url"]
+    return m.Source(f"lmcache@{node}", "lmcache", lambda: _ssh_scrape(ep, node, url))
+
+
+def _ssh_scrape(ep: Endpoints, node: str, url: str) -> m.Snapshot:
+    """Scrape a loopback-only endpoint on *node* over SSH (curl on the node)."""
+    try:
+        with connection(ep, node) as c:
+            out = c.run(f"curl -sf --max-time 10 {url}", hide=True, warn=True)
+        if not out.ok:
+            return m.Snapshot(error=f"{node}: {url}: curl exit {out.exited}")
+        return m.parse_prometheus(out.stdout)
+    except Exception as e:  # the run goes on; the report lists the source as missing
+        return m.Snapshot(error=f"{node}: {url}: {type(e).__name__}: {e}")
+
+
+def _kv_info(lm: dict[str, Any]) -> m.Snapshot:
+    """INFO of the KV server LMCache uses."""
+    import redis
+
+    try:
+        r = redis.Redis(
+            host=lm["kv_host"],
+            port=int(lm["kv_port"]),
+            password=lm.get("kv_password") or None,
+            socket_timeout=10,
+        )
+        with contextlib.closing(r):
+            return m.parse_info(r.info("all"))
+    except Exception as e:
+        return m.Snapshot(error=f"KV server {lm['kv_host']}:{lm['kv_port']}: {type(e).__name__}")
+
+
+# --- the matrix --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A stack configuration to measure: tier profile and (optionally) LMCache chunk size."""
+
+    profile: str
+    chunk: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The report's profile column."""
+        return self.profile if self.chunk is None else f"{self.profile} chunk={self.chunk}"
+
+    def extra_vars(self) -> dict[str, Any]:
+        """``-e`` values of site.yml for this cell."""
+        ev: dict[str, Any] = {"tier_profile": self.profile}
+        if self.chunk is not None:
+            ev["lmcache_chunk_size"] = self.chunk
+        return ev
+
+
+def cells(o: BenchOptions) -> list[Cell]:
+    """Profiles x chunk sizes (``none`` does not use LMCache: one cell)."""
+    out = []
+    for p in o.profiles:
+        if o.chunk_sizes and p != "none":
+            out += [Cell(p, c) for c in o.chunk_sizes]
+        else:
+            out.append(Cell(p))
+    return out
+
+
+def schedule(cs: list[Cell], repeats: int, seed: int) -> list[tuple[int, Cell]]:
+    """Per repeat a seeded shuffle of the cells; consecutive repeats never start with the cell the
+    previous one ended with (no free ride on a warm stack)."""
+    rng = random.Random(seed)
+    out: list[tuple[int, Cell]] = []
+    for r in range(repeats):
+        order = list(cs)
+        rng.shuffle(order)
+        if out and len(order) > 1 and order[0] == out[-1][1]:
+            order.append(order.pop(0))
+        out += [(r, c) for c in order]
+    return out
+
+
+def switch(o: BenchOptions, nodes: list[str], cell: Cell | None, log: Path) -> float:
+    """Apply *cell* (None: the inventory's own values) to the serving *nodes* through site.yml;
+    returns the seconds it took."""
+    t0 = time.monotonic()
+    what = cell.label if cell else "the inventory's tier profile"
+    progress(f"switching {', '.join(nodes)} to {what} (site.yml --tags lmcache,vllm)")
+    out = provision.playbook(
+        "site.yml",
+        inventory=o.inventory,
+        limit=",".join(nodes),
+        tags="lmcache,vllm",
+        extra_vars=cell.extra_vars() if cell else None,
+        capture=True,
+        echo=False,
+        check_rc=False,
+    )
+    with log.open("a") as f:
+        f.write(f"=== {_now()} switch to {what}\n{out.stdout}\n")
+    if out.returncode != 0:
+        raise RuntimeError(f"site.yml failed switching to {what} (rc {out.returncode}); see {log}")
+    return time.monotonic() - t0
+
+
+def build_workload(o: BenchOptions, tok: TokenizerAdapter, kv_tokens: int, seed: int) -> Workload:
+    """The workload of one run (its own *seed*), sized against vLLM's KV space."""
+    ratio, a = o.preset("kv_ratio"), o.preset("answer_tokens")
+    s, q, r = o.preset("system_tokens"), o.preset("question_tokens"), o.preset("rounds")
+    h = o.preset("history_tokens")
+    if o.workload == "multi-round-qa":
+        per_user = h + r * q + (r - 1) * a
+        users = o.users or max(1, -(-int(ratio * kv_tokens - s) // per_user))
+        return multi_round_qa(
+            tok,
+            users=users,
+            rounds=r,
+            system_tokens=s,
+            history_tokens=h,
+            question_tokens=q,
+            answer_tokens=a,
+            seed=seed,
+        )
+    doc = max(s, 256) * 4
+    if o.workload == "long-doc-qa":
+        docs = o.users or max(1, -(-int(ratio * kv_tokens) // doc))
+        return long_doc_qa(
+            tok, documents=docs, doc_tokens=doc, repeats=r, question_tokens=q, answer_tokens=a, seed=seed
+        )
+    n = o.users or max(1, -(-int(ratio * kv_tokens) // (doc + r * q)))
+    return shared_prefix(
+        tok, prefixes=n, suffixes=r, prefix_tokens=doc, suffix_tokens=q, answer_tokens=a, seed=seed
+    )
+
+
+def warm_up(o: BenchOptions, vllm: dict[str, Any], tok: TokenizerAdapter, n: int, seed: int) -> None:
+    """*n* short requests that share nothing with the workload; not measured."""
+    if n <= 0:
+        return
+    w = shared_prefix(
+        tok, prefixes=n, suffixes=1, prefix_tokens=300, suffix_tokens=8, answer_tokens=8, seed=seed
+    )
+    res = run(w.conversations, LoadConfig(vllm["url"], vllm["model"], api_key=vllm.get("api_key") or None))
+    bad = [r.error for r in res.records if not r.ok]
+    if bad:
+        raise RuntimeError(f"warm-up failed on {vllm['url']}: {bad[0]}")
+
+
+def ttft_probe(
+    vllm: dict[str, Any], lmcache: m.Source | None, tok: TokenizerAdapter, n: int, seed: int
+) -> dict[str, Any]:
+    """TTFT of a 4k-token context: cold, as vLLM's own prefix-cache hit, and from the KV-server tier
+    (vLLM's cache emptied in between). vLLM's and LMCache's counters per phase say where the tokens
+    came from (a KV-server hit must show LMCache L2 hit tokens, not L1)."""
+    docs = long_doc_qa(
+        tok, documents=n, doc_tokens=PROBE_TOKENS, repeats=1, question_tokens=0, answer_tokens=1, seed=seed
+    )
+    cfg = LoadConfig(vllm["url"], vllm["model"], api_key=vllm.get("api_key") or None)
+    phases = ("cold", "vLLM prefix-cache hit", "KV-server tier hit")
+    rows: dict[str, list[float]] = {k: [] for k in phases}
+    counters: dict[str, dict[str, float]] = {k: {} for k in phases}
+    failed = 0
+    sources = [m.Source("vllm", "vllm", lambda: m.scrape(vllm["url"] + "/metrics", headers=_auth(vllm)))]
+    sources += [lmcache] if lmcache else []
+    for i, conv in enumerate(docs.conversations):
+        for kind in phases:
+            if kind == "KV-server tier hit":
+                time.sleep(1.0)  # LMCache stores asynchronously: let the store land first
+                if not reset_prefix_cache(vllm):
+                    raise RuntimeError(
+                        "POST /reset_prefix_cache failed: the probe needs VLLM_SERVER_DEV_MODE=1"
+                    )
+            before = m.snapshot_all(sources)
+            rec = run([conv], cfg).records[0]
+            deltas, _ = m.deltas_between(before, m.snapshot_all(sources))
+            tokens = {
+                "local_cache_hit": m.total(
+                    deltas.get("vllm", {}), "vllm:prompt_tokens_by_source_total", source="local_cache_hit"
+                ),
+                "external_kv_transfer": m.total(
+                    deltas.get("vllm", {}),
+                    "vllm:prompt_tokens_by_source_total",
+                    source="external_kv_transfer",
+                ),
+                "LMCache L1 hit": m.total(
+                    deltas.get(lmcache.name if lmcache else "", {}), "lmcache_mp_lookup_hit_l1_tokens_total"
+                ),
+                "LMCache L2 hit": m.total(
+                    deltas.get(lmcache.name if lmcache else "", {}), "lmcache_mp_lookup_hit_l2_tokens_total"
+                ),
+            }
+            for k, v in tokens.items():
+                counters[kind][k] = counters[kind].get(k, 0.0) + v
+            if rec.ok and rec.ttft is not None:
+                rows[kind].append(rec.ttft)
+            else:
+                failed += 1
+        progress(f"TTFT probe: {i + 1}/{n} contexts")
+    return {
+        "prompt_tokens": PROBE_TOKENS,
+        "n": n,
+        "failed": failed,
+        "ttft_s": rows,
+        "ttft_p50_s": {k: percentile(v, 50) for k, v in rows.items()},
+        "tokens_by_source": counters,
+    }
+
+
+def run_datapath(ep: Endpoints, node: str, sizes: tuple[int, ...], n: int) -> dict[str, Any]:
+    """The KV data-path bench on *node* (the serving node's venv, so LMCache's own L2 client runs
+    there) against the KV server; the password goes over stdin, never argv."""
+    lm = ep.lmcache(node)
+    src = Path(__file__).with_name("datapath.py")
+    remote = "/tmp/kvstack-datapath.py"
+    cmd = (
+        f"IFS= read -r KVSTACK_KV_PASSWORD; export KVSTACK_KV_PASSWORD; "
+        f"exec {lm['venv_python']} {remote} datapath --host {lm['kv_host']} --port {lm['kv_port']} "
+        f"--sizes {','.join(map(str, sizes))} --n {n}"
+    )
+    with connection(ep, node) as c:
+        c.put(str(src), remote)
+        try:
+            out = c.run(
+                f"sh -c '{cmd}'",
+                hide="stdout",
+                warn=True,
+                in_stream=io.StringIO((lm.get("kv_password") or "") + "\n"),
+            )
+        finally:
+            c.run(f"rm -f {remote}", hide=True, warn=True)
+    if not out.ok:
+        return {
+            "kv_datapath": [],
+            "missing": [f"KV data path on {node}: exit {out.exited}: {out.stderr.strip()[-300:]}"],
+        }
+    return json.loads(out.stdout)
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any], ws_ratio: float | None) -> list[dict[str, Any]]:
+    """The issue's targets from what this run measured (value None where not measured)."""
+    out = []
+    runs = report.run_index(results)
+    for load in report.loads_of(results):
+        base = _tps(runs.get(("none", load)))
+        top = _tps(runs.get(("dram+kv", load)))
+        out.append(
+            {
+                "name": "tokens/s dram+kv vs none",
+                "value": top / base if base and top else None,
+                "target": TARGETS["throughput_x"],
+                "op": ">=",
+                "unit": "x",
+                "detail": f"{results.get('workload', {}).get('name', '')}, load {load}, working set "
+                + (f"{ws_ratio:.1f}x vLLM's KV space" if ws_ratio else "?"),
+            }
+        )
+    p = (results.get("ttft_probe") or {}).get("ttft_p50_s") or {}
+    cold, local, kv = p.get("cold"), p.get("vLLM prefix-cache hit"), p.get("KV-server tier hit")
+    out.append(
+        {
+            "name": "TTFT P50 KV-server tier vs vLLM prefix-cache hit",
+            "value": kv / local if kv and local else None,
+            "target": TARGETS["kv_vs_local_hit_x"],
+            "op": "<=",
+            "unit": "x",
+            "detail": f"{PROBE_TOKENS}-token context",
+        }
+    )
+    out.append(
+        {
+            "name": "TTFT P50 cold vs KV-server tier",
+            "value": cold / kv if kv and cold else None,
+            "target": TARGETS["cold_vs_kv_x"],
+            "op": ">=",
+            "unit": "x",
+            "detail": f"{PROBE_TOKENS}-token context",
+        }
+    )
+    chunk = results.get("chunk_bytes")
+    ratios = datapath.l2_vs_raw(results.get("kv_datapath") or [])
+    size = (
+        chunk if chunk in ratios else (min(ratios, key=lambda s: abs(s - (chunk or 0))) if ratios else None)
+    )
+    out.append(
+        {
+            "name": "LMCache L2 retrieve vs raw RESP GET",
+            "value": ratios.get(size) if size else None,
+            "target": TARGETS["l2_vs_raw"],
+            "op": ">=",
+            "unit": "x",
+            "detail": f"value {report.fmt_bytes(size)} (one LMCache chunk of this model)" if size else "",
+        }
+    )
+    return out
+
+
+def _tps(run_: dict[str, Any] | None) -> float | None:
+    return ((run_ or {}).get("summary") or {}).get("total_tokens_per_s")
+
+
+# --- the whole run -----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """Where the bench ran (the controller; the lab's nodes share its CPUs)."""
+    mem = next(
+        (
+            int(x.split()[1])
+            for x in Path("/proc/meminfo").read_text().splitlines()
+            if x.startswith("MemTotal")
+        ),
+        0,
+    )
+    return {"controller CPUs": os.cpu_count(), "controller memory GiB": round(mem / 2**20, 1)}
+
+
+@contextlib.contextmanager
+def _step(res: Results, name: str) -> Iterator[None]:
+    """Record a failed optional step as missing and go on; Ctrl-C still stops the run."""
+    try:
+        yield
+    except Exception as e:
+        progress(f"{name} failed: {type(e).__name__}: {e}")
+        res.data["missing"].append(f"{name}: failed: {type(e).__name__}: {e}")
+        res.save()
+
+
+def run_bench(o: BenchOptions) -> Path:
+    """Run the bench per *o*; returns the results directory (also on failure, with what it has)."""
+    loads = validate(o)
+    ep = fetch_endpoints(o.inventory)
+    node = o.node or next(iter(ep.serving))
+    if node not in ep.serving:
+        raise BenchError(f"--node: {node} is not in group serving ({', '.join(ep.serving)})")
+    vllm = ep.vllm(node)
+    res = Results(o.results_dir)
+    progress(f"results: {res.dir}")
+    log = res.dir / "ansible.log"
+    slo = SLO(ttft_s=o.slo_ttft_ms / 1000, itl_s=o.slo_itl_ms / 1000)
+    cs = cells(o)
+    plan = schedule(cs, o.repeats, o.seed)
+    # Text is drawn per run from --seed and a random salt: the KV server keeps what earlier runs
+    # stored (nothing is flushed), so reusing their text would turn cold requests into hits.
+    salt = o.seed * 1_000_003 + random.SystemRandom().randrange(1 << 40)
+    res.data.update(
+        machine=machine(),
+        options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()},
+        plan={
+            "profiles": [c.label for c in cs],
+            "loads": [x.label for x in loads],
+            "order": [f"r{r}:{c.label}" for r, c in plan],
+            "kv_datapath": o.datapath,
+            "probe": o.probe,
+            "node": node,
+            "content_salt": salt,
+        },
+        ttft_probe=None,
+    )
+    res.save()
+    switched = False
+    try:
+        with connection(ep, node) as c:
+            for name in ("tokenizer.json", "config.json"):
+                c.get(f"{vllm['model_path']}/{name}", str(res.dir / name))
+        tok = TokenizerAdapter.from_file(res.dir / "tokenizer.json")
+        cfg = json.loads((res.dir / "config.json").read_text())
+        heads = cfg["num_attention_heads"]
+        bpt = kv_bytes_per_token(
+            cfg["num_hidden_layers"],
+            cfg.get("num_key_value_heads", heads),
+            cfg["hidden_size"] // heads,
+            4 if cfg.get("torch_dtype") in ("float32", None) else 2,
+        )
+        kv_tokens, block = kv_space_tokens(vllm)
+        chunk = int(ep.lmcache(node)["chunk_size"])
+        res.data["chunk_bytes"] = chunk * bpt
+        sample = build_workload(o, tok, kv_tokens, salt)
+        ratio = sample.working_set_tokens / kv_tokens
+        res.data["workload"] = {
+            **sample.summary(bpt),
+            "kv_space_tokens": kv_tokens,
+            "block_size": block,
+            "kv_space_ratio": round(ratio, 2),
+        }
+        res.data["machine"]["description"] = (
+            f"model {vllm['model']} ({bpt} B of KV per token), vLLM KV space {kv_tokens:,} tokens "
+            f"({kv_tokens * bpt / MiB:.0f} MiB), node {node}"
+        )
+        res.save()
+        progress(
+            f"workload {sample.name}: {sample.requests} requests per run, working set "
+            f"{sample.working_set_tokens:,} tokens = {ratio:.1f}x vLLM's KV space"
+        )
+        current: Cell | None = None
+        for i, (rep, cell) in enumerate(plan):
+            if o.switch and cell != current:
+                res.data.setdefault("switch_s", []).append(round(switch(o, [node], cell, log), 1))
+                switched = True
+                current = cell
+            wait_healthy(vllm)
+            warm_up(o, vllm, tok, o.warmup, salt + 10_000 + i)
+            for j, load in enumerate(loads):
+                seed = salt + 1000 * (i + 1) + j
+                wl = build_workload(o, tok, kv_tokens, seed)
+                if not reset_prefix_cache(vllm):
+                    res.data["missing"].append(
+                        "vLLM prefix cache not emptied between runs (no dev-mode endpoint)"
+                    )
+                sources, kinds = metric_sources(ep, [node], lmcache=cell.profile != "none")
+                before = m.snapshot_all(sources)
+                lc = LoadConfig(
+                    vllm["url"],
+                    vllm["model"],
+                    mode=load.mode,
+                    concurrency=int(load.value) if load.mode == "closed" else 1,
+                    qps=load.value if load.mode == "open" else None,
+                    interleave=True,
+                    seed=seed,
+                    max_seconds=o.max_seconds,
+                    api_key=vllm.get("api_key") or None,
+                )
+                label = f"[{i * len(loads) + j + 1}/{len(plan) * len(loads)}] {cell.label} {load.label}"
+                out = run(wl.conversations, lc, log_progress(label, every=max(10, wl.requests // 10)))
+                after = m.snapshot_all(sources)
+                deltas, errors = m.deltas_between(before, after)
+                for e in errors:
+                    if e not in res.data["missing"]:
+                        res.data["missing"].append(f"counters: {e}")
+                entry = res.add_run(
+                    cell.label,
+                    load.label,
+                    rep,
+                    out.records,
+                    out.wall_time_s,
+                    {**out.meta(), "load": lc.to_dict()},
+                    deltas,
+                    kinds,
+                    {k: v.counters for k, v in after.items()},
+                    slo,
+                )
+                s = entry["summary"]
+                progress(
+                    f"{label}: {s['total_tokens_per_s']:.0f} tok/s, "
+                    f"TTFT P50 {1000 * (s['ttft']['p50'] or 0):.0f} ms, "
+                    f"failed {s['failed']}"
+                )
+            if o.probe and cell.profile == "kv" and res.data["ttft_probe"] is None:
+                with _step(res, "TTFT probe"):
+                    res.data["ttft_probe"] = ttft_probe(
+                        vllm, lmcache_source(ep, node), tok, o.preset("probe_n"), salt + 99_000
+                    )
+                    res.save()
+        if o.probe and res.data["ttft_probe"] is None:
+            with _step(res, "TTFT probe"):
+                res.data.setdefault("switch_s", []).append(round(switch(o, [node], Cell("kv"), log), 1))
+                switched = True
+                wait_healthy(vllm)
+                warm_up(o, vllm, tok, o.warmup, salt + 20_000)
+                res.data["ttft_probe"] = ttft_probe(
+                    vllm, lmcache_source(ep, node), tok, o.preset("probe_n"), salt + 99_000
+                )
+                res.save()
+        if o.datapath:
+            with _step(res, "KV data path"):
+                progress(f"KV data-path bench on {node}")
+                dp = run_datapath(ep, node, tuple(o.preset("datapath_sizes")), o.preset("datapath_n"))
+                res.data["kv_datapath"] = dp.get("kv_datapath", [])
+                res.data["missing"] += dp.get("missing", [])
+                res.save()
+        if o.rocksdb:
+            with _step(res, "RocksDB engine bench"):
+                progress("RocksDB engine bench (Kvrocks tuning profiles, disk and tmpfs)")
+                rd = rocksbench.run_rocksdb(
+                    sizes=tuple(o.preset("rocksdb_sizes")),
+                    n=o.preset("rocksdb_n"),
+                    media={"disk": str(o.rocksdb_dir), "tmpfs": "/dev/shm"},
+                )
+                res.data["rocksdb"] = rd.get("rocksdb", [])
+                res.data["missing"] += rd.get("missing", [])
+                res.save()
+        res.data["interrupted"] = False
+    except BaseException as e:
+        res.data["error"] = f"{type(e).__name__}: {e}"
+        res.data["missing"].append(f"run stopped early: {type(e).__name__}: {e}")
+        raise
+    finally:
+        res.data["targets"] = targets(res.data, res.data.get("workload", {}).get("kv_space_ratio"))
+        res.data["finished_at"] = _now()
+        res.save()
+        try:
+            report.write_report(res.dir)
+            print(report.summary_table(res.data))
+        except Exception as e:  # the raw results are saved; say why the report is not
+            progress(f"report not written: {type(e).__name__}: {e} (results.json is complete)")
+        progress(f"report: {res.dir / 'report.md'}")
+        if switched:
+            try:
+                switch(o, [node], None, log)
+            except BaseException as e:
+                progress(
+                    f"could not restore the inventory's tier profile ({e}); "
+                    "run: fab provision --tags lmcache,vllm"
+                )
+    return res.dir

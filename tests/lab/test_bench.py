@@ -1,0 +1,138 @@
+"""`fab run-bench` on the lab, at its smallest: two tier profiles switched through site.yml, the TTFT
+probe, the KV data path from a serving node and the RocksDB engine bench. Asserts on counters and
+outcomes (requests served, where tokens came from, rows written, no secret in the results), never on
+timings; the ratios it measures go to its report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from kvstack import REPO, bench, inventory
+
+pytestmark = pytest.mark.last
+
+USERS, ROUNDS = 6, 2
+
+
+@pytest.fixture(scope="module")
+def bench_run(up_lab, tmp_path_factory):
+    """One small bench run: none and kv, the probe, data path and RocksDB."""
+    opts = bench.BenchOptions(
+        profiles=("none", "kv"),
+        users=USERS,
+        rounds=ROUNDS,
+        history_tokens=512,
+        question_tokens=32,
+        answer_tokens=4,
+        probe_n=2,
+        datapath_sizes=(256 * 1024, 1 << 20),
+        datapath_n=4,
+        rocksdb_sizes=(1 << 20,),
+        rocksdb_n=4,
+        results_dir=tmp_path_factory.mktemp("results"),
+    )
+    out = bench.run_bench(opts)
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_matrix_ran_every_request(bench_run):
+    _, res = bench_run
+    assert not res["interrupted"] and res["plan"]["profiles"] == ["none", "kv"]
+    runs = {r["profile"]: r for r in res["runs"]}
+    assert set(runs) == {"none", "kv"}
+    for r in runs.values():
+        assert r["summary"]["requests"] == USERS * ROUNDS and r["summary"]["failed"] == 0
+
+
+def test_tokens_came_from_the_tier_the_profile_has(bench_run):
+    _, res = bench_run
+    runs = {r["profile"]: r["metrics"] for r in res["runs"]}
+    assert runs["none"]["prompt tokens: external_kv_transfer"] == 0
+    assert "LMCache L2 hit tokens" not in runs["none"]  # no LMCache server in profile none
+    # kv: round 2 of every user reuses its round-1 prompt from the KV server (whole 256-token chunks)
+    assert runs["kv"]["prompt tokens: external_kv_transfer"] >= USERS * 512
+    assert runs["kv"]["LMCache L2 hit tokens"] >= USERS * 512
+    assert runs["kv"]["KV server MB in"] > 0 and runs["kv"]["LMCache chunks stored to L2"] > 0
+
+
+def test_probe_phases_served_where_they_claim(bench_run):
+    _, res = bench_run
+    p = res["ttft_probe"]
+    assert p["failed"] == 0 and all(len(v) == 2 for v in p["ttft_s"].values())
+    src = p["tokens_by_source"]
+    assert src["cold"]["external_kv_transfer"] == 0 and src["cold"]["local_cache_hit"] == 0
+    assert src["vLLM prefix-cache hit"]["local_cache_hit"] > 0
+    kv = src["KV-server tier hit"]
+    assert kv["local_cache_hit"] == 0 and kv["external_kv_transfer"] >= 2 * (4096 - 256)
+    assert kv["LMCache L2 hit"] >= 2 * (4096 - 256) and kv["LMCache L1 hit"] == 0
+
+
+def test_datapath_and_rocksdb_rows(bench_run):
+    _, res = bench_run
+    paths = {(r["path"], r["value_bytes"]) for r in res["kv_datapath"]}
+    for size in (256 * 1024, 1 << 20):
+        for path in (
+            "raw RESP SET",
+            "raw RESP GET (reused buffer)",
+            "LMCache L2 store",
+            "LMCache L2 retrieve",
+        ):
+            assert (path, size) in paths
+    assert {("memcpy", None), ("loopback TCP", None)} <= paths
+    assert {(r["profile"], r["medium"]) for r in res["rocksdb"]} == {
+        (p, m) for p in ("upstream", "nvme_large_values", "dram") for m in ("disk", "tmpfs")
+    }
+    names = {t["name"]: t for t in res["targets"]}
+    assert names["LMCache L2 retrieve vs raw RESP GET"]["value"] is not None
+    assert names["TTFT P50 cold vs KV-server tier"]["value"] is not None
+
+
+def test_report_and_raw_data_written(bench_run):
+    out, _ = bench_run
+    report = (out / "report.md").read_text()
+    for heading in (
+        "## Targets",
+        "## Throughput per profile",
+        "## TTFT of a 4,096-token context",
+        "## KV data path",
+    ):
+        assert heading in report
+    assert "## Missing" in report and "Nothing: every planned" in report
+    for png in ("throughput.png", "latency_c4.png", "kv_datapath.png", "rocksdb.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "runs" / "kv__c4__r0.jsonl").read_text().splitlines()) == USERS * ROUNDS
+
+
+def test_no_secret_in_results(bench_run):
+    out, _ = bench_run
+    inv = inventory.load(REPO / "inventory" / "lab")
+    password = inv.group_vars("kv")["kv_password"]
+    assert len(password) >= 12
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert password.encode() not in f.read_bytes(), f
+    assert not list(out.parent.glob("kvstack-endpoints-*"))
+
+
+def test_nodes_back_on_the_inventory_profile(bench_run, testinfra_backend):
+    node = testinfra_backend("lab-serve1")
+    unit = node.check_output("systemctl cat lmcache.service")
+    assert "--l2-adapter" in unit and "skip_l1" not in unit  # the inventory's dram+kv, not kv
+    assert node.service("vllm@main").is_running
+
+
+def test_bad_arguments_rejected_before_anything(up_lab):
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "fab"), "run-bench", "--profiles", "none,ssd"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "--profiles" in proc.stderr and "ssd" in proc.stderr
+    assert "running site.yml" not in proc.stderr
+    with pytest.raises(bench.BenchError, match="--node"):
+        bench.run_bench(bench.BenchOptions(node="lab-kv1", results_dir=REPO / "results"))

@@ -1,0 +1,156 @@
+"""The bench runner's pure parts (kvstack.bench): argument checks that name the bad option, load
+levels, the matrix order, repeats merged into one summary, vLLM's KV space, targets."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from kvstack import bench
+from kvstack.bench import BenchError, BenchOptions, Cell, Load
+from kvstack.stats import SLO, RequestResult
+
+
+def test_load_levels():
+    assert Load.parse("c4") == Load("c4", "closed", 4)
+    assert Load.parse(" q2.5 ") == Load("q2.5", "open", 2.5)
+    for bad in ("4", "c", "c-1", "q0", "x3", "c0"):
+        with pytest.raises(BenchError, match="--loads"):
+            Load.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"size": "huge"}, "--size"),
+        ({"profiles": ("none", "ssd")}, "--profiles"),
+        ({"profiles": ("none", "none")}, "--profiles"),
+        ({"profiles": ()}, "--profiles"),
+        ({"workload": "chat"}, "--workload"),
+        ({"loads": ("c4", "c4")}, "--loads"),
+        ({"loads": ("fast",)}, "--loads"),
+        ({"rounds": 0}, "--rounds"),
+        ({"history_tokens": -1}, "--history-tokens"),
+        ({"answer_tokens": 0}, "--answer-tokens"),
+        ({"kv_ratio": 0.0}, "--kv-ratio"),
+        ({"users": 0}, "--users"),
+        ({"repeats": 0}, "--repeats"),
+        ({"chunk_sizes": (200,)}, "--chunk-sizes"),
+        ({"chunk_sizes": (0,)}, "--chunk-sizes"),
+        ({"max_seconds": -1.0}, "--max-seconds"),
+        ({"datapath_sizes": (0,)}, "--datapath-sizes"),
+        ({"rocksdb_n": 0}, "--rocksdb-n"),
+        ({"switch": False}, "--no-switch"),
+        ({"rocksdb_dir": Path("/nonexistent/kvstack")}, "--rocksdb-dir"),
+    ],
+)
+def test_bad_options_are_named(options, named):
+    with pytest.raises(BenchError, match=named):
+        bench.validate(BenchOptions(**options))
+
+
+def test_good_options_and_presets():
+    loads = bench.validate(BenchOptions())
+    assert [x.label for x in loads] == ["c4"]
+    o = BenchOptions(size="full", rounds=2)
+    assert o.preset("rounds") == 2 and o.preset("history_tokens") == bench.PRESETS["full"]["history_tokens"]
+    assert bench.validate(BenchOptions(switch=False, profiles=("dram",), probe=False))
+
+
+def test_cells_and_schedule():
+    o = BenchOptions(profiles=("none", "dram", "kv"), chunk_sizes=(256, 512))
+    cs = bench.cells(o)
+    # none does not use LMCache: one cell; the others one per chunk size
+    assert [c.label for c in cs] == [
+        "none",
+        "dram chunk=256",
+        "dram chunk=512",
+        "kv chunk=256",
+        "kv chunk=512",
+    ]
+    assert Cell("kv", 512).extra_vars() == {"tier_profile": "kv", "lmcache_chunk_size": 512}
+    plan = bench.schedule(cs, repeats=3, seed=7)
+    assert plan == bench.schedule(cs, repeats=3, seed=7)  # seeded
+    for r in range(3):
+        assert sorted(c.label for rr, c in plan if rr == r) == sorted(c.label for c in cs)  # each repeat once
+    orders = [[c for rr, c in plan if rr == r] for r in range(3)]
+    assert len({tuple(x) for x in orders}) > 1  # shuffled per repeat
+    for a, b in itertools.pairwise(plan):
+        assert a[0] == b[0] or a[1] != b[1]  # a repeat never starts where the previous ended
+
+
+def test_parse_kv_space():
+    line = (
+        'vllm:cache_config_info{block_size="128",cache_dtype="auto",engine="0",'
+        'num_gpu_blocks="2048",num_gpu_blocks_override="128"} 1.0'
+    )
+    assert bench.parse_kv_space("# HELP x\n" + line) == (128 * 128, 128)
+    assert bench.parse_kv_space(line.replace('"128"} 1.0', '"None"} 1.0')) == (2048 * 128, 128)
+    with pytest.raises(BenchError, match="cache_config_info"):
+        bench.parse_kv_space("vllm:other 1")
+
+
+def _records(n: int, t0: float, prompt: int, ttft: float) -> list[RequestResult]:
+    return [
+        RequestResult(
+            start=t0 + i,
+            end=t0 + i + 0.5,
+            first_token_time=t0 + i + ttft,
+            token_times=[t0 + i + ttft],
+            prompt_tokens=prompt,
+            output_tokens=1,
+        )
+        for i in range(n)
+    ]
+
+
+def test_repeats_merge_into_one_entry(tmp_path):
+    res = bench.Results(tmp_path, "run1")
+    kv = {"kv": {"total_commands_processed": 10.0, "used_memory": 2.0**20}}
+    counters = {"kv": {"total_commands_processed"}}
+    res.add_run("dram", "c4", 0, _records(4, 0, 100, 0.1), 8.0, {}, kv, {"kv": "kv"}, counters, SLO())
+    e = res.add_run("dram", "c4", 1, _records(2, 50, 100, 0.3), 2.0, {}, kv, {"kv": "kv"}, counters, SLO())
+    assert len(res.data["runs"]) == 1 and [x["repeat"] for x in e["repeats"]] == [0, 1]
+    s = e["summary"]
+    assert s["requests"] == 6 and s["wall_time_s"] == 10.0  # the runs' own wall times, not the gap
+    assert s["input_tokens_per_s"] == pytest.approx(600 / 10)
+    assert e["metrics"]["KV server commands"] == 20 and e["metrics"]["KV server used MB"] == 1.0
+    saved = json.loads((tmp_path / "run1" / "results.json").read_text())
+    assert saved["runs"][0]["summary"]["requests"] == 6
+    assert sorted(p.name for p in (tmp_path / "run1" / "runs").iterdir()) == [
+        "dram__c4__r0.jsonl",
+        "dram__c4__r0.metrics.json",
+        "dram__c4__r1.jsonl",
+        "dram__c4__r1.metrics.json",
+    ]
+    with pytest.raises(FileExistsError):
+        bench.Results(tmp_path, "run1")  # a run never overwrites another's results
+
+
+def test_targets_hand_computed():
+    results = {
+        "workload": {"name": "multi-round-qa"},
+        "plan": {"profiles": ["none", "dram+kv"], "loads": ["c4"]},
+        "runs": [
+            {"profile": "none", "load": "c4", "summary": {"total_tokens_per_s": 1000.0}},
+            {"profile": "dram+kv", "load": "c4", "summary": {"total_tokens_per_s": 2500.0}},
+        ],
+        "ttft_probe": {"ttft_p50_s": {"cold": 1.0, "vLLM prefix-cache hit": 0.08, "KV-server tier hit": 0.1}},
+        "chunk_bytes": 1 << 20,
+        "kv_datapath": [
+            {"path": "raw RESP GET (reused buffer)", "value_bytes": 1 << 20, "gb_per_s": 2.0},
+            {"path": "LMCache L2 retrieve", "value_bytes": 1 << 20, "gb_per_s": 1.5},
+            {"path": "raw RESP GET (reused buffer)", "value_bytes": 4 << 20, "gb_per_s": 1.0},
+        ],
+    }
+    t = {x["name"]: x for x in bench.targets(results, 4.0)}
+    assert t["tokens/s dram+kv vs none"]["value"] == pytest.approx(2.5)
+    assert "4.0x vLLM's KV space" in t["tokens/s dram+kv vs none"]["detail"]
+    assert t["TTFT P50 KV-server tier vs vLLM prefix-cache hit"]["value"] == pytest.approx(1.25)
+    assert t["TTFT P50 cold vs KV-server tier"]["value"] == pytest.approx(10.0)
+    assert t["LMCache L2 retrieve vs raw RESP GET"]["value"] == pytest.approx(0.75)
+    empty = {x["name"]: x for x in bench.targets({"runs": []}, None)}
+    assert all(x["value"] is None for x in empty.values())  # not measured, never made up

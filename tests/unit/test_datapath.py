@@ -1,0 +1,197 @@
+"""KV data-path bench (kvstack.datapath) against a local redis-server: exact round trips, errors,
+row structure, the standalone script mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvstack import datapath as dp
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+PASSWORD = "unit-test-secret-4711"
+HAS_LMCACHE = importlib.util.find_spec("lmcache") is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A throwaway redis-server on a free loopback port with a password and no persistence."""
+    if not os.path.exists(REDIS_SERVER):
+        pytest.skip("redis-server not installed")
+    d = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD, "--save", ""]
+    args += ["--appendonly", "no", "--dir", str(d), "--logfile", str(d / "redis.log")]
+    proc = subprocess.Popen(
+        [REDIS_SERVER, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with dp.RespClient("127.0.0.1", port, PASSWORD, timeout=1) as c:
+                    assert c.command("PING") == "PONG"
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def client(redis: tuple[str, int]) -> Iterator[dp.RespClient]:
+    with dp.RespClient(*redis, PASSWORD) as c:
+        yield c
+
+
+# --- raw RESP client ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 100, 65535, 65536, 65537, 1 << 20, (1 << 20) + 7])
+def test_raw_resp_round_trip_exact(client: dp.RespClient, size: int) -> None:
+    value = bytes(dp._pattern(size, seed=size))
+    buf = bytearray(max(size, 16))
+    client.set(f"t:{size}", memoryview(value))
+    assert client.get_into(f"t:{size}", buf) == size
+    assert bytes(buf[:size]) == value
+    assert client.get(f"t:{size}") == value
+    # a bytearray value and a reused buffer smaller than before
+    client.set(b"t:again", bytearray(value[: size // 2]))
+    assert client.get_into(b"t:again", buf) == size // 2
+    assert bytes(buf[: size // 2]) == value[: size // 2]
+    assert client.delete(f"t:{size}", b"t:again") == 2
+
+
+def test_raw_resp_binary_bytes_including_crlf(client: dp.RespClient) -> None:
+    value = b"\r\n$-1\r\n*2\r\n" * 1000 + b"\x00\xff"
+    client.set("t:binary", value)
+    buf = bytearray(len(value))
+    assert client.get_into("t:binary", buf) == len(value)
+    assert bytes(buf) == value
+    client.delete("t:binary")
+
+
+def test_raw_resp_missing_key(client: dp.RespClient) -> None:
+    buf = bytearray(10)
+    assert client.get_into("t:does-not-exist", buf) is None
+    assert client.get("t:does-not-exist") is None
+    assert client.command("PING") == "PONG"  # the connection is still in step
+
+
+def test_raw_resp_value_larger_than_buffer(client: dp.RespClient) -> None:
+    client.set("t:big", b"x" * 1000)
+    with pytest.raises(dp.RespError, match="does not fit"):
+        client.get_into("t:big", bytearray(10))
+    assert client.get("t:big") == b"x" * 1000  # the oversize value was drained
+    client.delete("t:big")
+
+
+def test_raw_resp_wrong_password(redis: tuple[str, int]) -> None:
+    with pytest.raises(dp.RespAuthError, match=r"AUTH refused by 127\.0\.0\.1"):
+        dp.RespClient(*redis, "wrong-password")
+
+
+def test_raw_resp_no_password_errors_clearly(redis: tuple[str, int]) -> None:
+    with dp.RespClient(*redis) as c, pytest.raises(dp.RespError, match="NOAUTH"):
+        c.get_into("t:any", bytearray(10))
+
+
+# --- run_datapath ------------------------------------------------------------------------------
+
+
+def test_run_datapath_rows(redis: tuple[str, int]) -> None:
+    sizes = [64 * 1024, 256 * 1024]
+    out = dp.run_datapath(*redis, PASSWORD, sizes=sizes, n=3)
+    rows = out["kv_datapath"]
+    refs = [r for r in rows if r["value_bytes"] is None]
+    assert sorted(r["path"] for r in refs) == sorted([dp.PATH_MEMCPY, dp.PATH_LOOPBACK])
+    paths = [dp.PATH_RAW_SET, dp.PATH_RAW_GET]
+    if HAS_LMCACHE:
+        paths += [dp.PATH_L2_STORE, dp.PATH_L2_RETRIEVE]
+    else:
+        assert any("LMCache" in m and "not importable" in m for m in out["missing"])
+    sized = [r for r in rows if r["value_bytes"] is not None]
+    assert sorted((r["path"], r["value_bytes"]) for r in sized) == sorted(
+        (p, s) for p in paths for s in sizes
+    )
+    for r in rows:
+        assert r["gb_per_s"] > 0
+        assert set(r) >= {"path", "value_bytes", "gb_per_s"}
+    for r in sized:
+        assert r["n"] == 3
+        assert r["p99_ms"] >= r["p50_ms"] > 0
+    json.dumps(out)  # what results.json holds
+    with dp.RespClient(*redis, PASSWORD) as c:  # the bench cleans up after itself
+        assert c.command("DBSIZE") == 0
+
+
+def test_run_datapath_without_lmcache_or_references(redis: tuple[str, int]) -> None:
+    out = dp.run_datapath(*redis, PASSWORD, sizes=[4096], n=2, lmcache=False, references=False)
+    assert [r["path"] for r in out["kv_datapath"]] == [dp.PATH_RAW_SET, dp.PATH_RAW_GET]
+    assert out["missing"] == []
+
+
+def test_l2_vs_raw() -> None:
+    rows = [
+        {"path": dp.PATH_RAW_GET, "value_bytes": 1024, "gb_per_s": 2.0},
+        {"path": dp.PATH_L2_RETRIEVE, "value_bytes": 1024, "gb_per_s": 1.5},
+        {"path": dp.PATH_RAW_GET, "value_bytes": 4096, "gb_per_s": 1.0},  # no L2 row
+        {"path": dp.PATH_L2_STORE, "value_bytes": 4096, "gb_per_s": 1.0},
+        {"path": dp.PATH_MEMCPY, "value_bytes": None, "gb_per_s": 9.0},
+    ]
+    assert dp.l2_vs_raw(rows) == {1024: 0.75}
+
+
+@pytest.mark.skipif(not HAS_LMCACHE, reason="lmcache is not importable in this interpreter")
+def test_lmcache_l2_round_trip(redis: tuple[str, int]) -> None:
+    rows, note = dp.bench_lmcache_l2(*redis, PASSWORD, [256 * 1024], 4)
+    assert note is None
+    assert {r["path"] for r in rows} == {dp.PATH_L2_STORE, dp.PATH_L2_RETRIEVE}
+
+
+def test_lmcache_missing_gives_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "lmcache", None)  # import lmcache -> ImportError
+    rows, note = dp.bench_lmcache_l2("127.0.0.1", 1, None, [1024], 1)
+    assert rows == []
+    assert note and "not importable" in note
+
+
+def test_script_mode_stdlib_only(redis: tuple[str, int], tmp_path: Path) -> None:
+    """The file alone, with only the standard library (-S: no site-packages, so no kvstack and
+    no lmcache), password from the environment: one JSON object on stdout, the password nowhere."""
+    script = tmp_path / "datapath.py"
+    shutil.copy(dp.__file__, script)
+    env = {"PATH": os.environ.get("PATH", ""), dp.PASSWORD_ENV: PASSWORD}
+    cmd = [sys.executable, "-S", "-I", str(script), "datapath", "--host", redis[0], "--port"]
+    cmd += [str(redis[1]), "--sizes", "65536,131072", "--n", "2", "--no-references"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert {(r["path"], r["value_bytes"]) for r in out["kv_datapath"]} == {
+        (p, s) for p in (dp.PATH_RAW_SET, dp.PATH_RAW_GET) for s in (65536, 131072)
+    }
+    assert any("LMCache" in m for m in out["missing"])
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert "[datapath]" in proc.stderr  # the fallback progress lines
