@@ -148,6 +148,6 @@ def run_bench(
             **({"results_dir": Path(results)} if results else {}),
         )
         out = _bench.run_bench(opts)
-    except (_bench.BenchError, ValueError) as e:
+    except (_bench.BenchError, _bench.StackError, ValueError) as e:
         raise SystemExit(f"run-bench: {e}") from None
     print(f"report: {out / 'report.md'}")

@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import json
 import os
 import random
 import re
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +43,18 @@ from kvstack import REPO, datapath, provision, report, rocksbench
 from kvstack import metrics as m
 from kvstack.loadgen import LoadConfig, log_progress, run
 from kvstack.log import progress
+from kvstack.stack import (
+    StackError,
+    connection,
+    fetch_endpoints,
+    kv_space_tokens,
+    lmcache_source,
+    metric_sources,
+    reset_prefix_cache,
+    run_datapath,
+    vllm_source,
+    wait_healthy,
+)
 from kvstack.stats import SLO, RequestResult, percentile, read_jsonl, summarize, write_jsonl
 from kvstack.workloads import (
     TokenizerAdapter,
@@ -96,7 +105,10 @@ TARGETS = {"throughput_x": 3.0, "kv_vs_local_hit_x": 1.25, "cold_vs_kv_x": 5.0, 
 
 
 class BenchError(ValueError):
-    """Bad bench arguments or an unusable stack, found before anything changed."""
+    """Bad bench arguments, found before anything changed."""
+
+
+__all__ = ["BenchError", "BenchOptions", "StackError", "run_bench"]
 
 
 @dataclass
@@ -221,58 +233,6 @@ def validate(o: BenchOptions) -> list[Load]:
     return loads
 
 
-# --- the stack's endpoints --------------------------------------------------------------------
-
-
-@dataclass
-class Endpoints:
-    """What ``playbooks/bench-endpoints.yml`` wrote (secrets included: never saved in results)."""
-
-    nodes: dict[str, dict[str, Any]]
-    serving: dict[str, dict[str, Any]]
-    kv: list[str]
-
-    def vllm(self, node: str) -> dict[str, Any]:
-        """The first vLLM instance of *node*."""
-        eps = self.serving[node]["vllm"]
-        if not eps:
-            raise BenchError(f"{node}: no vllm_instances")
-        return eps[0]
-
-    def lmcache(self, node: str) -> dict[str, Any]:
-        """*node*'s LMCache endpoints and KV-server settings."""
-        return self.serving[node]["lmcache"]
-
-
-def fetch_endpoints(inventory: Path | None) -> Endpoints:
-    """Run ``playbooks/bench-endpoints.yml`` into a root-only temporary file, read it, delete it."""
-    fd, path = tempfile.mkstemp(prefix="kvstack-endpoints-", suffix=".json")
-    os.close(fd)
-    try:
-        provision.playbook(
-            "playbooks/bench-endpoints.yml",
-            inventory=inventory,
-            extra_vars={"bench_endpoints_file": path},
-            capture=True,
-            echo=False,
-        )
-        data = json.loads(Path(path).read_text())
-    finally:
-        Path(path).unlink(missing_ok=True)
-    if not data.get("serving"):
-        raise BenchError("the inventory has no host in group serving")
-    return Endpoints(nodes=data["nodes"], serving=data["serving"], kv=list(data.get("kv") or []))
-
-
-def connection(ep: Endpoints, node: str) -> Any:
-    """A Fabric connection to *node*, as Ansible reaches it."""
-    from fabric import Connection
-
-    n = ep.nodes[node]
-    kwargs = {"key_filename": n["ssh_key"]} if n.get("ssh_key") else {}
-    return Connection(n["ssh_host"], user=n["ssh_user"], port=int(n["ssh_port"]), connect_kwargs=kwargs)
-
-
 # --- results directory -------------------------------------------------------------------------
 
 
@@ -346,124 +306,6 @@ def _now() -> str:
 
 def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", s)
-
-
-# --- talking to the stack ----------------------------------------------------------------------
-
-
-def post(url: str, api_key: str = "", timeout: float = 30.0) -> int:
-    """POST with an empty body; returns the HTTP status (errors included)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    req = urllib.request.Request(url, data=b"", method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
-def reset_prefix_cache(vllm: dict[str, Any]) -> bool:
-    """Empty vLLM's own prefix cache (a dev-mode endpoint; LMCache's tiers are left alone)."""
-    return post(vllm["url"] + "/reset_prefix_cache", vllm.get("api_key", "")) == 200
-
-
-def wait_healthy(vllm: dict[str, Any], timeout_s: float = 900.0) -> None:
-    """Poll /health until vLLM answers 200."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(vllm["url"] + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{vllm['url']}/health did not answer within {timeout_s:.0f} s")
-        time.sleep(2)
-
-
-def kv_space_tokens(vllm: dict[str, Any]) -> tuple[int, int]:
-    """vLLM's KV space as (tokens, block size), from its ``/metrics``."""
-    return parse_kv_space(m.http_get(vllm["url"] + "/metrics", headers=_auth(vllm)), vllm["url"])
-
-
-def parse_kv_space(metrics_text: str, where: str = "vLLM") -> tuple[int, int]:
-    """(tokens, block size) from ``vllm:cache_config_info``: blocks (the override when set) x size."""
-    for line in metrics_text.splitlines():
-        if line.startswith("vllm:cache_config_info{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            blocks = labels.get("num_gpu_blocks_override")
-            if blocks in (None, "None", ""):
-                blocks = labels.get("num_gpu_blocks")
-            bs = int(labels["block_size"])
-            return int(blocks) * bs, bs
-    raise BenchError(f"{where}/metrics has no vllm:cache_config_info")
-
-
-def _auth(vllm: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {vllm['api_key']}"} if vllm.get("api_key") else {}
-
-
-def metric_sources(
-    ep: Endpoints, nodes: list[str], lmcache: bool = True
-) -> tuple[list[m.Source], dict[str, str]]:
-    """Counter sources for the serving *nodes* (their LMCache servers with *lmcache*: profile
-    ``none`` runs none), the KV server and every node's exporter."""
-    sources: list[m.Source] = []
-    for node in nodes:
-        v = ep.vllm(node)
-        sources.append(
-            m.Source(f"vllm@{node}", "vllm", lambda v=v: m.scrape(v["url"] + "/metrics", headers=_auth(v)))
-        )
-        if lmcache:
-            sources.append(lmcache_source(ep, node))
-    for node, info in ep.nodes.items():
-        if info.get("node_exporter_url"):
-            sources.append(
-                m.Source(
-                    f"node@{node}", "node", lambda u=info["node_exporter_url"]: m.scrape(u, m.NODE_PREFIXES)
-                )
-            )
-    if nodes:
-        lm = ep.lmcache(nodes[0])
-        if lm.get("kv_host"):
-            sources.append(m.Source("kv", "kv", lambda lm=lm: _kv_info(lm)))
-    return sources, {s.name: s.kind for s in sources}
-
-
-def lmcache_source(ep: Endpoints, node: str) -> m.Source:
-    """*node*'s LMCache server counters (loopback only: read over SSH)."""
-    url = ep.lmcache(node)["metrics_url"]
-    return m.Source(f"lmcache@{node}", "lmcache", lambda: _ssh_scrape(ep, node, url))
-
-
-def _ssh_scrape(ep: Endpoints, node: str, url: str) -> m.Snapshot:
-    """Scrape a loopback-only endpoint on *node* over SSH (curl on the node)."""
-    try:
-        with connection(ep, node) as c:
-            out = c.run(f"curl -sf --max-time 10 {url}", hide=True, warn=True)
-        if not out.ok:
-            return m.Snapshot(error=f"{node}: {url}: curl exit {out.exited}")
-        return m.parse_prometheus(out.stdout)
-    except Exception as e:  # the run goes on; the report lists the source as missing
-        return m.Snapshot(error=f"{node}: {url}: {type(e).__name__}: {e}")
-
-
-def _kv_info(lm: dict[str, Any]) -> m.Snapshot:
-    """INFO of the KV server LMCache uses."""
-    import redis
-
-    try:
-        r = redis.Redis(
-            host=lm["kv_host"],
-            port=int(lm["kv_port"]),
-            password=lm.get("kv_password") or None,
-            socket_timeout=10,
-        )
-        with contextlib.closing(r):
-            return m.parse_info(r.info("all"))
-    except Exception as e:
-        return m.Snapshot(error=f"KV server {lm['kv_host']}:{lm['kv_port']}: {type(e).__name__}")
 
 
 # --- the matrix --------------------------------------------------------------------------------
@@ -594,7 +436,7 @@ def ttft_probe(
     rows: dict[str, list[float]] = {k: [] for k in phases}
     counters: dict[str, dict[str, float]] = {k: {} for k in phases}
     failed = 0
-    sources = [m.Source("vllm", "vllm", lambda: m.scrape(vllm["url"] + "/metrics", headers=_auth(vllm)))]
+    sources = [vllm_source(vllm, "vllm")]
     sources += [lmcache] if lmcache else []
     for i, conv in enumerate(docs.conversations):
         for kind in phases:
@@ -638,36 +480,6 @@ def ttft_probe(
         "ttft_p50_s": {k: percentile(v, 50) for k, v in rows.items()},
         "tokens_by_source": counters,
     }
-
-
-def run_datapath(ep: Endpoints, node: str, sizes: tuple[int, ...], n: int) -> dict[str, Any]:
-    """The KV data-path bench on *node* (the serving node's venv, so LMCache's own L2 client runs
-    there) against the KV server; the password goes over stdin, never argv."""
-    lm = ep.lmcache(node)
-    src = Path(__file__).with_name("datapath.py")
-    remote = "/tmp/kvstack-datapath.py"
-    cmd = (
-        f"IFS= read -r KVSTACK_KV_PASSWORD; export KVSTACK_KV_PASSWORD; "
-        f"exec {lm['venv_python']} {remote} datapath --host {lm['kv_host']} --port {lm['kv_port']} "
-        f"--sizes {','.join(map(str, sizes))} --n {n}"
-    )
-    with connection(ep, node) as c:
-        c.put(str(src), remote)
-        try:
-            out = c.run(
-                f"sh -c '{cmd}'",
-                hide="stdout",
-                warn=True,
-                in_stream=io.StringIO((lm.get("kv_password") or "") + "\n"),
-            )
-        finally:
-            c.run(f"rm -f {remote}", hide=True, warn=True)
-    if not out.ok:
-        return {
-            "kv_datapath": [],
-            "missing": [f"KV data path on {node}: exit {out.exited}: {out.stderr.strip()[-300:]}"],
-        }
-    return json.loads(out.stdout)
 
 
 # --- targets -----------------------------------------------------------------------------------

@@ -260,6 +260,27 @@ def _db_props(db: Any) -> dict[str, Any]:
     return out
 
 
+def drop_page_cache(directory: str) -> int:
+    """Sync every file under *directory* and drop its pages from the page cache; returns the bytes
+    advised. Other files on the machine keep their cache."""
+    advised = 0
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                advised += size
+            finally:
+                os.close(fd)
+    return advised
+
+
 def bench_rocksdb_one(
     profile: str,
     settings: Mapping[str, Any],
@@ -268,6 +289,7 @@ def bench_rocksdb_one(
     value_bytes: int,
     n: int,
     flush_before_get: bool = True,
+    cold_reads: bool = True,
 ) -> dict[str, Any]:
     """Put then get *n* values of *value_bytes* in a fresh RocksDB under *base_dir* opened with the
     Kvrocks *settings*; the database directory is removed afterwards.
@@ -275,7 +297,10 @@ def bench_rocksdb_one(
     Puts go through the profile's write options (WAL or not). With *flush_before_get* the
     memtables are flushed (timed as ``flush_s``, outside the put throughput) so gets read the
     files (SST or blob) through the block cache / page cache, as reads of older chunks do. The
-    row's stats count the ``.blob`` and ``.sst`` files the directory held before removal.
+    row's stats count the ``.blob`` and ``.sst`` files the directory held before removal. With
+    *cold_reads* the files are then synced and dropped from the page cache (``posix_fadvise``
+    DONTNEED, this directory only), so a disk's gets read the disk; on tmpfs the page cache is the
+    medium and stays.
     """
     import rocksdict as rd
 
@@ -298,6 +323,8 @@ def bench_rocksdb_one(
                 t0 = time.perf_counter()
                 db.flush(True)
                 flush_s = time.perf_counter() - t0
+            if cold_reads:
+                drop_page_cache(d)
             after_put = parse_rocksdb_statistics(opts.get_statistics())
             get_t: list[float] = []
             last = None
@@ -333,6 +360,7 @@ def bench_rocksdb_one(
         "get_p50_ms": _latency_cols(get_t)["p50_ms"],
         "get_p99_ms": _latency_cols(get_t)["p99_ms"],
         "flush_s": flush_s,
+        "cold_reads": cold_reads,
         "stats": stats,
         "unmapped": unmapped,
     }

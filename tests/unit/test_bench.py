@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstack import bench
+from kvstack import bench, loadgen, stack
 from kvstack.bench import BenchError, BenchOptions, Cell, Load
 from kvstack.stats import SLO, RequestResult
 
@@ -87,10 +87,10 @@ def test_parse_kv_space():
         'vllm:cache_config_info{block_size="128",cache_dtype="auto",engine="0",'
         'num_gpu_blocks="2048",num_gpu_blocks_override="128"} 1.0'
     )
-    assert bench.parse_kv_space("# HELP x\n" + line) == (128 * 128, 128)
-    assert bench.parse_kv_space(line.replace('"128"} 1.0', '"None"} 1.0')) == (2048 * 128, 128)
-    with pytest.raises(BenchError, match="cache_config_info"):
-        bench.parse_kv_space("vllm:other 1")
+    assert stack.parse_kv_space("# HELP x\n" + line) == (128 * 128, 128)
+    assert stack.parse_kv_space(line.replace('"128"} 1.0', '"None"} 1.0')) == (2048 * 128, 128)
+    with pytest.raises(stack.StackError, match="cache_config_info"):
+        stack.parse_kv_space("vllm:other 1")
 
 
 def _records(n: int, t0: float, prompt: int, ttft: float) -> list[RequestResult]:
@@ -154,3 +154,102 @@ def test_targets_hand_computed():
     assert t["LMCache L2 retrieve vs raw RESP GET"]["value"] == pytest.approx(0.75)
     empty = {x["name"]: x for x in bench.targets({"runs": []}, None)}
     assert all(x["value"] is None for x in empty.values())  # not measured, never made up
+
+
+class _FakeConnection:
+    """Stands in for the Fabric connection: serves the model files from a local directory."""
+
+    def __init__(self, files: dict[str, Path]):
+        self.files = files
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def get(self, remote: str, local: str) -> None:
+        Path(local).write_bytes(self.files[Path(remote).name].read_bytes())
+
+
+def test_interrupted_run_keeps_what_it_measured(tmp_path, tokenizer_json, monkeypatch):
+    """Ctrl-C during the second profile switch: the first run's data, results.json marked
+    interrupted, a report listing the missing cell, and the inventory's profile restored.
+    Everything outside the bench's own logic (Ansible, SSH, HTTP, the load) is replaced."""
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 256, "num_hidden_layers": 4}
+        )
+    )
+    ep = stack.Endpoints(
+        nodes={"n1": {}},
+        serving={
+            "n1": {
+                "vllm": [
+                    {"url": "http://n1:8000", "model": "tiny", "model_path": "/m", "api_key": "sk-secret"}
+                ],
+                "lmcache": {"chunk_size": 256, "kv_host": ""},
+            }
+        },
+        kv=[],
+    )
+    switches: list[str | None] = []
+
+    def switch(o, nodes, cell, log):
+        switches.append(cell.label if cell else None)
+        if len(switches) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    def fake_run(conversations, cfg, progress=None):
+        recs = [
+            RequestResult(
+                start=i,
+                end=i + 0.5,
+                first_token_time=i + 0.1,
+                token_times=[i + 0.1],
+                prompt_tokens=10,
+                output_tokens=1,
+            )
+            for i in range(3)
+        ]
+        return loadgen.RunResult(recs, 0.0, 3.0, "workload done", 3, 0)
+
+    monkeypatch.setattr(bench, "fetch_endpoints", lambda inv: ep)
+    monkeypatch.setattr(
+        bench,
+        "connection",
+        lambda e, n: _FakeConnection({"tokenizer.json": tokenizer_json, "config.json": config}),
+    )
+    monkeypatch.setattr(bench, "kv_space_tokens", lambda v: (2048, 128))
+    monkeypatch.setattr(bench, "switch", switch)
+    monkeypatch.setattr(bench, "wait_healthy", lambda v: None)
+    monkeypatch.setattr(bench, "warm_up", lambda *a: None)
+    monkeypatch.setattr(bench, "reset_prefix_cache", lambda v: True)
+    monkeypatch.setattr(bench, "metric_sources", lambda *a, **k: ([], {}))
+    monkeypatch.setattr(bench, "run", fake_run)
+    opts = BenchOptions(
+        profiles=("none", "kv"),
+        users=2,
+        rounds=2,
+        history_tokens=16,
+        system_tokens=16,
+        question_tokens=8,
+        probe=False,
+        datapath=False,
+        rocksdb=False,
+        results_dir=tmp_path / "results",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(opts)
+    (out,) = (tmp_path / "results").iterdir()
+    res = json.loads((out / "results.json").read_text())
+    assert res["interrupted"] and "KeyboardInterrupt" in res["error"]
+    assert len(res["runs"]) == 1 and res["runs"][0]["summary"]["requests"] == 3
+    first = res["runs"][0]["profile"]
+    missing = ({"none", "kv"} - {first}).pop()
+    report_md = (out / "report.md").read_text()
+    assert "Incomplete run" in report_md and f"profile `{missing}` at load `c4`: not run" in report_md
+    assert switches == [first, missing, None]  # ... and the inventory's profile put back
+    assert "sk-secret" not in "".join(f.read_text(errors="ignore") for f in out.rglob("*") if f.is_file())

@@ -1,9 +1,5 @@
-"""Workload generation with a real byte-level BPE tokenizer: exact token counts, really shared prefixes.
-
-The tokenizer is trained here with the `tokenizers` library alone, like tinymodel's (same corpus
-function, pre-tokenizer and special tokens), smaller: tinymodel.train_tokenizer wraps its result in
-transformers, which the controller venv does not have.
-"""
+"""Workload generation with a real byte-level BPE tokenizer (tests/unit/conftest.py): exact token
+counts, really shared prefixes."""
 
 from __future__ import annotations
 
@@ -26,26 +22,6 @@ from kvstack.workloads import (
     unique_prefix_tokens,
     users_for_kv_ratio,
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory: pytest.TempPathFactory):
-    """A small byte-level BPE tokenizer saved as tokenizer.json (trains in well under a second)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000,
-        special_tokens=list(tinymodel.SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(tinymodel.corpus(0, n_words=3000, n_lines=3000), trainer=trainer)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
