@@ -78,7 +78,9 @@ def _csv(value: str | None, cast=str) -> tuple | None:
 
 
 @task(
+    iterable=["set_"],
     help={
+        "set_": "NAME=VALUE: an Ansible variable for every profile switch (tuning), repeatable",
         "inventory": "inventory directory (default: ansible.cfg's, inventory/lab)",
         "size": "smoke (minutes, default) or full",
         "profiles": "tier profiles, comma-separated (default none,dram,kv,dram+kv)",
@@ -98,7 +100,7 @@ def _csv(value: str | None, cast=str) -> tuple | None:
         "rocksdb": "RocksDB engine bench with the Kvrocks profiles (default on; --no-rocksdb)",
         "max_seconds": "cap on each load run's duration",
         "results": "results root (default results/)",
-    }
+    },
 )
 def run_bench(
     c,
@@ -121,12 +123,20 @@ def run_bench(
     rocksdb=True,
     max_seconds=None,
     results=None,
+    set_=None,
 ):
     """Benchmark the tier profiles on the serving nodes; writes results/<run>/report.md with plots."""
     from kvstack import bench as _bench
 
+    extra = {}
+    for item in set_ or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"run-bench: --set {item!r}: expected NAME=VALUE")
+        extra[name.strip()] = value
     try:
         opts = _bench.BenchOptions(
+            extra_vars=extra,
             inventory=_inv(inventory),
             size=size,
             profiles=_csv(profiles) or _bench.PROFILES,

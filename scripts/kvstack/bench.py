@@ -35,7 +35,7 @@ import random
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,8 @@ class BenchOptions:
     rocksdb_n: int | None = None
     rocksdb_dir: Path = Path("/var/tmp")
     switch: bool = True
+    #: Ansible variables applied with every profile switch (tuning: ``lmcache_kv_workers=4``)
+    extra_vars: dict[str, str] = field(default_factory=dict)
     node: str | None = None
     max_seconds: float | None = None
     slo_ttft_ms: float = 2000.0
@@ -224,7 +226,13 @@ def validate(o: BenchOptions) -> list[Load]:
         raise BenchError(f"--max-seconds: must be > 0, got {o.max_seconds}")
     if o.slo_ttft_ms <= 0 or o.slo_itl_ms <= 0:
         raise BenchError("--slo-ttft-ms and --slo-itl-ms must be > 0")
-    if (o.chunk_sizes or len(o.profiles) > 1 or o.probe) and not o.switch:
+    reserved = {"tier_profile", "lmcache_chunk_size"} & set(o.extra_vars)
+    if reserved:
+        raise BenchError(f"--set: {', '.join(sorted(reserved))} is set by --profiles / --chunk-sizes")
+    bad_names = [k for k in o.extra_vars if not re.fullmatch(r"[a-z_][a-z0-9_]*", k)]
+    if bad_names:
+        raise BenchError(f"--set: {', '.join(bad_names)} is not an Ansible variable name")
+    if (o.chunk_sizes or len(o.profiles) > 1 or o.probe or o.extra_vars) and not o.switch:
         raise BenchError(
             "--no-switch runs the profile the nodes have: give one --profiles entry and --no-probe"
         )
@@ -367,7 +375,7 @@ def switch(o: BenchOptions, nodes: list[str], cell: Cell | None, log: Path) -> f
         inventory=o.inventory,
         limit=",".join(nodes),
         tags="lmcache,vllm",
-        extra_vars=cell.extra_vars() if cell else None,
+        extra_vars={**o.extra_vars, **cell.extra_vars()} if cell else None,
         capture=True,
         echo=False,
         check_rc=False,
@@ -602,8 +610,10 @@ def run_bench(o: BenchOptions) -> Path:
             "probe": o.probe,
             "node": node,
             "content_salt": salt,
+            "extra_vars": o.extra_vars,
         },
         ttft_probe=None,
+        ttft_probes={},
     )
     res.save()
     switched = False
@@ -693,11 +703,13 @@ def run_bench(o: BenchOptions) -> Path:
                     f"TTFT P50 {1000 * (s['ttft']['p50'] or 0):.0f} ms, "
                     f"failed {s['failed']}"
                 )
-            if o.probe and cell.profile == "kv" and res.data["ttft_probe"] is None:
-                with _step(res, "TTFT probe"):
-                    res.data["ttft_probe"] = ttft_probe(
-                        vllm, lmcache_source(ep, node), tok, o.preset("probe_n"), salt + 99_000
+            if o.probe and cell.profile == "kv" and cell.label not in res.data["ttft_probes"]:
+                with _step(res, f"TTFT probe ({cell.label})"):
+                    probe = ttft_probe(
+                        vllm, lmcache_source(ep, node), tok, o.preset("probe_n"), salt + 99_000 + i
                     )
+                    res.data["ttft_probes"][cell.label] = probe
+                    res.data["ttft_probe"] = res.data["ttft_probe"] or probe
                     res.save()
         if o.probe and res.data["ttft_probe"] is None:
             with _step(res, "TTFT probe"):
@@ -708,6 +720,7 @@ def run_bench(o: BenchOptions) -> Path:
                 res.data["ttft_probe"] = ttft_probe(
                     vllm, lmcache_source(ep, node), tok, o.preset("probe_n"), salt + 99_000
                 )
+                res.data["ttft_probes"]["kv"] = res.data["ttft_probe"]
                 res.save()
         if o.datapath:
             with _step(res, "KV data path"):

@@ -262,6 +262,25 @@ def _probe_table(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"tokens": p.get("prompt_tokens"), "n": p.get("n"), "failed": p.get("failed", 0), "rows": rows}
 
 
+def _probes_table(results: dict[str, Any]) -> list[list[str]]:
+    """One row per configuration the probe ran in (with ``--chunk-sizes`` or ``--set``)."""
+    rows = []
+    for label, p in (results.get("ttft_probes") or {}).items():
+        p50 = p.get("ttft_p50_s") or {}
+        cold, local, kv = (p50.get(k) for k in ("cold", "vLLM prefix-cache hit", "KV-server tier hit"))
+        rows.append(
+            [
+                f"`{label}`",
+                fmt(_ms(cold)),
+                fmt(_ms(local)),
+                fmt(_ms(kv)),
+                fmt(kv / local, 2) + "x" if kv and local else "-",
+                fmt(cold / kv, 1) + "x" if kv and cold else "-",
+            ]
+        )
+    return rows if len(rows) > 1 else []
+
+
 def _rocksdb_table(results: dict[str, Any]) -> dict[str, Any] | None:
     """The RocksDB engine bench (``results["rocksdb"]``, kvstack.rocksbench.run_rocksdb): one row per
     profile, medium and value size; ``unmapped`` lists per profile the Kvrocks keys not applied."""
@@ -311,6 +330,7 @@ def context(results: dict[str, Any], images: dict[str, str] | None = None) -> di
         "kv": _kv_table(results),
         "rocksdb": _rocksdb_table(results),
         "probe": _probe_table(results),
+        "probes": _probes_table(results),
         "targets": [evaluate_target(t) for t in results.get("targets", [])],
         "missing": missing,
         "images": images,
@@ -337,9 +357,10 @@ def render_markdown(results: dict[str, Any], images: dict[str, str] | None = Non
 
 def summary_table(results: dict[str, Any]) -> str:
     """A plain-text table of tokens/s and TTFT P50 per profile and load, for the end of a run."""
+    w = max([10, *(len(p) for p in profiles_of(results))])
     runs = run_index(results)
     head = (
-        f"{'profile':<10} {'load':<8} {'ok':>5} {'fail':>4} {'tok/s':>10} {'vs none':>8} {'TTFT p50 ms':>12}"
+        f"{'profile':<{w}} {'load':<8} {'ok':>5} {'fail':>4} {'tok/s':>10} {'vs none':>8} {'TTFT p50 ms':>12}"
     )
     lines = [head, "-" * len(head)]
     for load in loads_of(results):
@@ -347,12 +368,12 @@ def summary_table(results: dict[str, Any]) -> str:
         for p in profiles_of(results):
             r = runs.get((p, load))
             if r is None:
-                lines.append(f"{p:<10} {load:<8} {'missing':>5}")
+                lines.append(f"{p:<{w}} {load:<8} {'missing':>5}")
                 continue
             s = r["summary"]
             ratio = f"{s['total_tokens_per_s'] / base:.2f}x" if base else "-"
             lines.append(
-                f"{p:<10} {load:<8} {s['completed']:>5} {s['failed']:>4} {fmt(s['total_tokens_per_s']):>10} "
+                f"{p:<{w}} {load:<8} {s['completed']:>5} {s['failed']:>4} {fmt(s['total_tokens_per_s']):>10} "
                 f"{ratio:>8} {fmt(_ms(s['ttft']['p50'])):>12}"
             )
     return "\n".join(lines)

@@ -44,6 +44,8 @@ def test_load_levels():
         ({"datapath_sizes": (0,)}, "--datapath-sizes"),
         ({"rocksdb_n": 0}, "--rocksdb-n"),
         ({"switch": False}, "--no-switch"),
+        ({"extra_vars": {"tier_profile": "kv"}}, "--set"),
+        ({"extra_vars": {"bad-name": "1"}}, "--set"),
         ({"rocksdb_dir": Path("/nonexistent/kvstack")}, "--rocksdb-dir"),
     ],
 )
