@@ -97,6 +97,26 @@ def _latency_cols(seconds: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+def _timed_rows(
+    timings: Iterable[tuple[str, str, Sequence[float]]], size: int, n: int, where: str, **extra: Any
+) -> list[dict[str, Any]]:
+    """Rows for ``(path, op, seconds per request)`` triples that moved *n* values of *size* bytes
+    (a request may carry several values: LMCache's batched tasks)."""
+    return [
+        {
+            "path": path,
+            "value_bytes": size,
+            "gb_per_s": _gbps(size * n, sum(ts)),
+            "op": op,
+            "n": n,
+            **extra,
+            **_latency_cols(ts),
+            "where": where,
+        }
+        for path, op, ts in timings
+    ]
+
+
 def _pattern(nbytes: int, seed: int = 0) -> bytearray:
     """*nbytes* of pseudo-random (incompressible) bytes, allocated and touched once."""
     return bytearray(random.Random(seed).randbytes(nbytes))
@@ -413,18 +433,7 @@ def bench_raw_resp(
             if rview[:size] != value:
                 raise RespError(f"GET {keys[-1]}: value differs from what was SET")
             c.delete(*keys, "kvstack:datapath:warmup")
-            for path, op, ts in ((PATH_RAW_SET, "set", set_t), (PATH_RAW_GET, "get", get_t)):
-                rows.append(
-                    {
-                        "path": path,
-                        "value_bytes": size,
-                        "gb_per_s": _gbps(size * n, sum(ts)),
-                        "op": op,
-                        "n": n,
-                        **_latency_cols(ts),
-                        "where": where,
-                    }
-                )
+            rows += _timed_rows(((PATH_RAW_SET, "set", set_t), (PATH_RAW_GET, "get", get_t)), size, n, where)
     return rows
 
 
@@ -545,20 +554,14 @@ def bench_lmcache_l2(
                 if not torch.equal(t, src_t):
                     raise RuntimeError(f"LMCache L2 retrieve of {size} B: value differs from what was stored")
             adapter.delete([*keys, warmup])
-            for path, op, ts in ((PATH_L2_STORE, "set", store_t), (PATH_L2_RETRIEVE, "get", load_t)):
-                rows.append(
-                    {
-                        "path": path,
-                        "value_bytes": size,
-                        "gb_per_s": _gbps(size * n, sum(ts)),
-                        "op": op,
-                        "n": n,
-                        "batch": batch,
-                        "num_workers": num_workers,
-                        **_latency_cols(ts),
-                        "where": where,
-                    }
-                )
+            rows += _timed_rows(
+                ((PATH_L2_STORE, "set", store_t), (PATH_L2_RETRIEVE, "get", load_t)),
+                size,
+                n,
+                where,
+                batch=batch,
+                num_workers=num_workers,
+            )
             del src, dsts, dsts_t
     finally:
         adapter.close()
