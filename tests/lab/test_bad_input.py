@@ -1,0 +1,58 @@
+"""Bad inventory values are refused by site.yml's preflight, before anything changes, with a message
+naming the variable; bad `fab run-bench` arguments likewise (tests/unit/test_bench.py has them all).
+
+Each case runs the real site.yml against the lab with one bad value (-e); the run must fail, say
+the variable's name, change nothing on any node and start no play after the preflight."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvstack import provision
+
+#: (name, extra vars as JSON, text the failure must contain)
+CASES = [
+    ("unknown tier profile", {"tier_profile": "ssd"}, "tier_profile"),
+    ("node DRAM tier larger than memory", {"lmcache_dram_size_gb": 4096}, "lmcache_dram_size_gb"),
+    ("vLLM KV space larger than memory", {"vllm_cpu_kvcache_space_gb": 4096}, "vllm_cpu_kvcache_space_gb"),
+    (
+        "KV server memory larger than the node",
+        {"redis_server_maxmemory_mb": 10_000_000},
+        "redis_server_maxmemory_mb",
+    ),
+    ("chunk size not a multiple of the block size", {"lmcache_chunk_size": 200}, "lmcache_chunk_size"),
+    ("chunk size zero", {"lmcache_chunk_size": 0}, "lmcache_chunk_size"),
+    ("KV port out of range", {"kv_port": 70000}, "kv_port"),
+    ("LMCache port out of range", {"lmcache_port": 99999}, "lmcache_port"),
+    (
+        "vLLM port clashing with LMCache's",
+        {"vllm_instances": [{"name": "main", "port": 5555}]},
+        "vllm_lmcache_mp_port",
+    ),
+    ("missing KV password", {"kv_password": ""}, "kv_password"),
+    (
+        "model path that does not exist",
+        {"vllm_model_path": "/srv/models/nope", "vllm_model_generate": False},
+        "vllm_model_path",
+    ),
+    ("unknown dtype", {"vllm_dtype": "float8"}, "vllm_dtype"),
+    ("zero context length", {"vllm_max_model_len": 0}, "vllm_max_model_len"),
+    ("negative KV block cap", {"vllm_num_kv_blocks": -1}, "vllm_num_kv_blocks"),
+    ("unknown KV server", {"kv_server": "memcached"}, "kv_server"),
+    ("cluster network no node is on", {"cluster_network_cidr": "192.168.250.0/24"}, "cluster_network_cidr"),
+]
+
+
+@pytest.mark.parametrize(("extra", "named"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rejected_before_any_change(up_lab, extra, named):
+    out = provision.playbook(
+        "site.yml", extra_args=["-e", json.dumps(extra)], capture=True, check_rc=False, echo=False
+    )
+    text = out.stdout
+    assert out.returncode != 0, text[-2000:]
+    assert named in text, text[-3000:]
+    rec = provision.recap(text)
+    assert rec and all(c["changed"] == 0 for c in rec.values()), rec
+    assert "PLAY [Base configuration" not in text  # nothing after the preflight ran
