@@ -42,7 +42,7 @@ from typing import Any
 from kvstack import REPO, datapath, provision, report, rocksbench
 from kvstack import metrics as m
 from kvstack.loadgen import LoadConfig, log_progress, run
-from kvstack.log import progress
+from kvstack.log import brief, progress
 from kvstack.stack import (
     StackError,
     connection,
@@ -577,8 +577,8 @@ def _step(res: Results, name: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        progress(f"{name} failed: {type(e).__name__}: {e}")
-        res.data["missing"].append(f"{name}: failed: {type(e).__name__}: {e}")
+        progress(f"{name} failed: {brief(e)}")
+        res.data["missing"].append(f"{name}: failed: {brief(e)}")
         res.save()
 
 
@@ -742,8 +742,8 @@ def run_bench(o: BenchOptions) -> Path:
                 res.save()
         res.data["interrupted"] = False
     except BaseException as e:
-        res.data["error"] = f"{type(e).__name__}: {e}"
-        res.data["missing"].append(f"run stopped early: {type(e).__name__}: {e}")
+        res.data["error"] = brief(e)
+        res.data["missing"].append(f"run stopped early: {brief(e)}")
         raise
     finally:
         res.data["targets"] = targets(res.data, res.data.get("workload", {}).get("kv_space_ratio"))

@@ -22,6 +22,7 @@ from typing import Any
 
 from kvstack import metrics as m
 from kvstack import provision
+from kvstack.log import brief
 
 
 class StackError(RuntimeError):
@@ -174,12 +175,12 @@ def _ssh_scrape(ep: Endpoints, node: str, url: str) -> m.Snapshot:
     """Scrape a loopback-only endpoint on *node* over SSH (curl on the node)."""
     try:
         with connection(ep, node) as c:
-            out = c.run(f"curl -sf --max-time 10 {url}", hide=True, warn=True)
+            out = c.run(f"curl -sf --max-time 10 {url}", hide=True, warn=True, in_stream=False)
         if not out.ok:
             return m.Snapshot(error=f"{node}: {url}: curl exit {out.exited}")
         return m.parse_prometheus(out.stdout)
     except Exception as e:  # the run goes on; the report lists the source as missing
-        return m.Snapshot(error=f"{node}: {url}: {type(e).__name__}: {e}")
+        return m.Snapshot(error=f"{node}: {url}: {brief(e)}")
 
 
 def _kv_info(lm: dict[str, Any]) -> m.Snapshot:
@@ -220,7 +221,7 @@ def run_datapath(ep: Endpoints, node: str, sizes: tuple[int, ...], n: int) -> di
                 in_stream=io.StringIO((lm.get("kv_password") or "") + "\n"),
             )
         finally:
-            c.run(f"rm -f {remote}", hide=True, warn=True)
+            c.run(f"rm -f {remote}", hide=True, warn=True, in_stream=False)
     if not out.ok:
         return {
             "kv_datapath": [],

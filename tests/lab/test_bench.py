@@ -14,7 +14,8 @@ from kvstack import REPO, bench, inventory
 
 pytestmark = pytest.mark.last
 
-USERS, ROUNDS = 6, 2
+# 8 users whose 2.6k-token round-0 prompts outgrow vLLM's 16k-token cache between their rounds
+USERS, ROUNDS = 8, 2
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def bench_run(up_lab, tmp_path_factory):
         profiles=("none", "kv"),
         users=USERS,
         rounds=ROUNDS,
-        history_tokens=512,
+        history_tokens=2048,
         question_tokens=32,
         answer_tokens=4,
         probe_n=2,
@@ -52,9 +53,11 @@ def test_tokens_came_from_the_tier_the_profile_has(bench_run):
     runs = {r["profile"]: r["metrics"] for r in res["runs"]}
     assert runs["none"]["prompt tokens: external_kv_transfer"] == 0
     assert "LMCache L2 hit tokens" not in runs["none"]  # no LMCache server in profile none
-    # kv: round 2 of every user reuses its round-1 prompt from the KV server (whole 256-token chunks)
-    assert runs["kv"]["prompt tokens: external_kv_transfer"] >= USERS * 512
-    assert runs["kv"]["LMCache L2 hit tokens"] >= USERS * 512
+    # kv: a user's round 2 reuses its round-1 prompt (10 whole chunks; vLLM still holds the shared
+    # system prompt) from the KV server once the other users' turns pushed it out of vLLM's cache:
+    # the first users' at least (the last ones may still be in vLLM's cache)
+    assert runs["kv"]["prompt tokens: external_kv_transfer"] >= 2 * 2048
+    assert runs["kv"]["LMCache L2 hit tokens"] >= 2 * 2048
     assert runs["kv"]["KV server MB in"] > 0 and runs["kv"]["LMCache chunks stored to L2"] > 0
 
 
