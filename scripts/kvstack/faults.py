@@ -1,0 +1,158 @@
+"""Fault drills on a running stack, under load, with the counters that say what happened.
+
+- :func:`kv_outage`: the KV server stopped while a serving node takes multi-round load, then
+  started again; then the recovery this stack documents (restart LMCache) and load once more.
+- :func:`lmcache_kill`: LMCache's server killed (SIGKILL) under load; systemd restarts it (and
+  vLLM, which is ``PartOf`` it); failed requests and seconds until a request succeeds again.
+
+Each load phase is a small multi-round QA run with its own text (round 2 of each user reuses its
+round 1 from LMCache once vLLM's cache let it go) and reports requests, failures, prompt tokens
+LMCache supplied, LMCache's L1/L2 hits and its L2 stores submitted and completed.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kvstack import metrics as m
+from kvstack import stack
+from kvstack.loadgen import LoadConfig, run
+from kvstack.log import progress
+from kvstack.workloads import TokenizerAdapter, multi_round_qa
+
+LMCACHE_COUNTERS = {
+    "l1_hit_tokens": "lmcache_mp_lookup_hit_l1_tokens_total",
+    "l2_hit_tokens": "lmcache_mp_lookup_hit_l2_tokens_total",
+    "l2_chunks_submitted": "lmcache_mp_l2_store_submitted_objects_chunks_total",
+    "l2_chunks_stored": "lmcache_mp_l2_store_completed_objects_chunks_total",
+}
+
+
+@dataclass
+class Phase:
+    """One load phase: what the clients saw and what the counters say."""
+
+    name: str
+    requests: int = 0
+    failed: int = 0
+    lmcache_tokens: float = 0.0
+    counters: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+class Drill:
+    """A serving node under test, its tokenizer and counter sources."""
+
+    def __init__(self, ep: stack.Endpoints, node: str, tok: TokenizerAdapter, seed: int | None = None):
+        self.ep, self.node, self.tok = ep, node, tok
+        self.vllm = ep.vllm(node)
+        self.vsrc = stack.vllm_source(self.vllm, "vllm")
+        self.lsrc = stack.lmcache_source(ep, node)
+        self.seed = random.SystemRandom().randrange(1 << 40) if seed is None else seed
+
+    def workload(self, tag: int, users: int = 8) -> list:
+        """Fresh multi-round text: users whose 2.6k-token prompts outgrow vLLM's cache between rounds."""
+        w = multi_round_qa(
+            self.tok,
+            users=users,
+            rounds=2,
+            system_tokens=512,
+            history_tokens=2048,
+            question_tokens=32,
+            answer_tokens=4,
+            seed=self.seed + tag,
+        )
+        return w.conversations
+
+    def phase(self, name: str, tag: int, concurrency: int = 4) -> Phase:
+        """Run one load phase and read the counters around it."""
+        before = m.snapshot_all([self.vsrc, self.lsrc])
+        t0 = time.monotonic()
+        cfg = LoadConfig(
+            self.vllm["url"],
+            self.vllm["model"],
+            concurrency=concurrency,
+            interleave=True,
+            request_timeout_s=120,
+            api_key=self.vllm.get("api_key") or None,
+        )
+        res = run(self.workload(tag), cfg)
+        deltas, _ = m.deltas_between(before, m.snapshot_all([self.vsrc, self.lsrc]))
+        ph = Phase(name, len(res.records), sum(not r.ok for r in res.records), wall_s=time.monotonic() - t0)
+        ph.errors = sorted({r.error or "" for r in res.records if not r.ok})[:3]
+        ph.lmcache_tokens = m.total(
+            deltas.get("vllm", {}), "vllm:prompt_tokens_by_source_total", source="external_kv_transfer"
+        )
+        lm = deltas.get(self.lsrc.name, {})
+        ph.counters = {k: m.total(lm, name) for k, name in LMCACHE_COUNTERS.items()}
+        stored, submitted = ph.counters["l2_chunks_stored"], ph.counters["l2_chunks_submitted"]
+        progress(
+            f"{name}: {ph.requests} requests, {ph.failed} failed, {ph.lmcache_tokens:.0f} prompt tokens "
+            f"from LMCache, L2 stores {stored:.0f}/{submitted:.0f}"
+        )
+        return ph
+
+    def ssh(self, node: str, cmd: str) -> str:
+        """Run *cmd* on *node*; returns stdout."""
+        with stack.connection(self.ep, node) as c:
+            return c.run(cmd, hide=True, in_stream=False).stdout.strip()
+
+    def wait_serving(self, timeout_s: float = 600) -> float:
+        """Seconds until vLLM answers /health and a completion again."""
+        t0 = time.monotonic()
+        stack.wait_healthy(self.vllm, timeout_s)
+        cfg = LoadConfig(self.vllm["url"], self.vllm["model"], api_key=self.vllm.get("api_key") or None)
+        while time.monotonic() - t0 < timeout_s:
+            if all(r.ok for r in run(self.workload(99_999, users=1)[:1], cfg).records):
+                return time.monotonic() - t0
+            time.sleep(1)
+        raise TimeoutError(f"{self.vllm['url']} did not serve within {timeout_s:.0f} s")
+
+
+def kv_outage(drill: Drill, kv_node: str) -> dict[str, Any]:
+    """Before / KV server stopped / started again / after restarting LMCache, each under load."""
+    service = drill.ep.nodes[kv_node].get("kv_service") or "redis-server"
+    phases = [drill.phase("before", 1)]
+    progress(f"stopping {service} on {kv_node}")
+    drill.ssh(kv_node, f"systemctl stop {service}")
+    try:
+        phases.append(drill.phase("KV server down", 2))
+    finally:
+        progress(f"starting {service} on {kv_node}")
+        drill.ssh(kv_node, f"systemctl start {service}")
+    time.sleep(2)
+    phases.append(drill.phase("KV server back", 3))
+    progress(f"recovery: restarting lmcache on {drill.node} (vLLM restarts with it)")
+    drill.ssh(drill.node, "systemctl restart lmcache")
+    recovery_s = drill.wait_serving()
+    phases.append(drill.phase("after LMCache restart", 4))
+    return {"service": service, "phases": [asdict(p) for p in phases], "recovery_s": round(recovery_s, 1)}
+
+
+def lmcache_kill(drill: Drill) -> dict[str, Any]:
+    """SIGKILL LMCache's server 3 s into a load phase; failed requests and seconds to serve again."""
+    killed: dict[str, float] = {}
+
+    def kill() -> None:
+        time.sleep(3)
+        killed["at"] = time.monotonic()
+        drill.ssh(drill.node, "systemctl kill -s KILL lmcache")
+
+    t = threading.Thread(target=kill)
+    t.start()
+    ph = drill.phase("LMCache killed", 5, concurrency=4)
+    t.join()
+    drill.wait_serving()
+    back_s = time.monotonic() - killed["at"]
+    after = drill.phase("after systemd restarted it", 6)
+    restarts = drill.ssh(drill.node, "systemctl show -p NRestarts --value lmcache")
+    return {
+        "phases": [asdict(ph), asdict(after)],
+        "serving_again_s": round(back_s, 1),
+        "lmcache_restarts": int(restarts or 0),
+    }
