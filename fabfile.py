@@ -99,6 +99,9 @@ def _csv(value: str | None, cast=str) -> tuple | None:
         "datapath_sizes": "value sizes in bytes, comma-separated (smoke: 256 KiB, 1 MiB, 4 MiB)",
         "rocksdb": "RocksDB engine bench with the Kvrocks profiles (default on; --no-rocksdb)",
         "max_seconds": "cap on each load run's duration",
+        "slo_ttft_ms": "goodput SLO: time to first token, ms (default 2000)",
+        "slo_itl_ms": "goodput SLO: mean inter-token latency, ms (default 200)",
+        "rocksdb_dir": "directory on the disk the RocksDB bench measures (default /var/tmp)",
         "results": "results root (default results/)",
     },
 )
@@ -122,6 +125,9 @@ def run_bench(
     datapath_sizes=None,
     rocksdb=True,
     max_seconds=None,
+    slo_ttft_ms=2000.0,
+    slo_itl_ms=200.0,
+    rocksdb_dir="/var/tmp",
     results=None,
     set_=None,
 ):
@@ -155,6 +161,9 @@ def run_bench(
             datapath_sizes=_csv(datapath_sizes, int),
             rocksdb=rocksdb,
             max_seconds=float(max_seconds) if max_seconds is not None else None,
+            slo_ttft_ms=float(slo_ttft_ms),
+            slo_itl_ms=float(slo_itl_ms),
+            rocksdb_dir=Path(rocksdb_dir),
             **({"results_dir": Path(results)} if results else {}),
         )
         out = _bench.run_bench(opts)
