@@ -55,7 +55,7 @@ from kvstack.stack import (
     vllm_source,
     wait_healthy,
 )
-from kvstack.stats import SLO, RequestResult, percentile, read_jsonl, summarize, write_jsonl
+from kvstack.stats import SLO, RequestResult, percentile, summarize, write_jsonl
 from kvstack.workloads import (
     TokenizerAdapter,
     Workload,
@@ -290,15 +290,16 @@ class Results:
             "wall_s": wall_s,
             "meta": meta,
             "deltas": deltas,
+            "records": records,
         }
         reps = self.repeats.setdefault((profile, load), [])
         reps.append(rep)
-        all_records = [r for x in reps for r in read_jsonl(self.dir / x["file"])]
+        all_records = [r for x in reps for r in x["records"]]
         merged = m.merge([x["deltas"] for x in reps], counters)
         entry = {
             "profile": profile,
             "load": load,
-            "repeats": [{k: v for k, v in x.items() if k != "deltas"} for x in reps],
+            "repeats": [{k: v for k, v in x.items() if k not in ("deltas", "records")} for x in reps],
             "summary": summarize(all_records, slo=slo, wall_time_s=sum(x["wall_s"] for x in reps)).to_dict(),
             "metrics": m.summarize(merged, kinds),
         }
@@ -457,22 +458,14 @@ def ttft_probe(
             before = m.snapshot_all(sources)
             rec = run([conv], cfg).records[0]
             deltas, _ = m.deltas_between(before, m.snapshot_all(sources))
+            vd = deltas.get("vllm", {})
+            ld = deltas.get(lmcache.name, {}) if lmcache else {}
             tokens = {
-                "local_cache_hit": m.total(
-                    deltas.get("vllm", {}), "vllm:prompt_tokens_by_source_total", source="local_cache_hit"
-                ),
-                "external_kv_transfer": m.total(
-                    deltas.get("vllm", {}),
-                    "vllm:prompt_tokens_by_source_total",
-                    source="external_kv_transfer",
-                ),
-                "LMCache L1 hit": m.total(
-                    deltas.get(lmcache.name if lmcache else "", {}), "lmcache_mp_lookup_hit_l1_tokens_total"
-                ),
-                "LMCache L2 hit": m.total(
-                    deltas.get(lmcache.name if lmcache else "", {}), "lmcache_mp_lookup_hit_l2_tokens_total"
-                ),
+                src: m.total(vd, "vllm:prompt_tokens_by_source_total", source=src)
+                for src in ("local_cache_hit", "external_kv_transfer")
             }
+            tokens["LMCache L1 hit"] = m.total(ld, "lmcache_mp_lookup_hit_l1_tokens_total")
+            tokens["LMCache L2 hit"] = m.total(ld, "lmcache_mp_lookup_hit_l2_tokens_total")
             for k, v in tokens.items():
                 counters[kind][k] = counters[kind].get(k, 0.0) + v
             if rec.ok and rec.ttft is not None:
@@ -535,9 +528,8 @@ def targets(results: dict[str, Any], ws_ratio: float | None) -> list[dict[str, A
     )
     chunk = results.get("chunk_bytes")
     ratios = datapath.l2_vs_raw(results.get("kv_datapath") or [])
-    size = (
-        chunk if chunk in ratios else (min(ratios, key=lambda s: abs(s - (chunk or 0))) if ratios else None)
-    )
+    # the measured value size nearest one LMCache chunk of this model
+    size = min(ratios, key=lambda s: abs(s - (chunk or 0))) if ratios else None
     out.append(
         {
             "name": "LMCache L2 retrieve vs raw RESP GET",
@@ -560,15 +552,8 @@ def _tps(run_: dict[str, Any] | None) -> float | None:
 
 def machine() -> dict[str, Any]:
     """Where the bench ran (the controller; the lab's nodes share its CPUs)."""
-    mem = next(
-        (
-            int(x.split()[1])
-            for x in Path("/proc/meminfo").read_text().splitlines()
-            if x.startswith("MemTotal")
-        ),
-        0,
-    )
-    return {"controller CPUs": os.cpu_count(), "controller memory GiB": round(mem / 2**20, 1)}
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"controller CPUs": os.cpu_count(), "controller memory GiB": round(mem / 2**30, 1)}
 
 
 @contextlib.contextmanager
@@ -658,6 +643,7 @@ def run_bench(o: BenchOptions) -> Path:
                 current = cell
             wait_healthy(vllm)
             warm_up(o, vllm, tok, o.warmup, salt + 10_000 + i)
+            sources, kinds = metric_sources(ep, [node], lmcache=cell.profile != "none")
             for j, load in enumerate(loads):
                 seed = salt + 1000 * (i + 1) + j
                 wl = build_workload(o, tok, kv_tokens, seed)
@@ -665,7 +651,6 @@ def run_bench(o: BenchOptions) -> Path:
                     res.data["missing"].append(
                         "vLLM prefix cache not emptied between runs (no dev-mode endpoint)"
                     )
-                sources, kinds = metric_sources(ep, [node], lmcache=cell.profile != "none")
                 before = m.snapshot_all(sources)
                 lc = LoadConfig(
                     vllm["url"],

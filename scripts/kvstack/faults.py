@@ -99,8 +99,7 @@ class Drill:
 
     def ssh(self, node: str, cmd: str) -> str:
         """Run *cmd* on *node*; returns stdout."""
-        with stack.connection(self.ep, node) as c:
-            return c.run(cmd, hide=True, in_stream=False).stdout.strip()
+        return stack.run_on(self.ep, node, cmd).stdout.strip()
 
     def wait_serving(self, timeout_s: float = 600) -> float:
         """Seconds until vLLM answers /health and a completion again."""

@@ -78,10 +78,9 @@ def connection(ep: Endpoints, node: str) -> Any:
     return Connection(n["ssh_host"], user=n["ssh_user"], port=int(n["ssh_port"]), connect_kwargs=kwargs)
 
 
-def post(url: str, api_key: str = "", timeout: float = 30.0) -> int:
+def post(url: str, headers: dict[str, str] | None = None, timeout: float = 30.0) -> int:
     """POST with an empty body; returns the HTTP status (errors included)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    req = urllib.request.Request(url, data=b"", method="POST", headers=headers)
+    req = urllib.request.Request(url, data=b"", method="POST", headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status
@@ -91,7 +90,7 @@ def post(url: str, api_key: str = "", timeout: float = 30.0) -> int:
 
 def reset_prefix_cache(vllm: dict[str, Any]) -> bool:
     """Empty vLLM's own prefix cache (a dev-mode endpoint; LMCache's tiers are left alone)."""
-    return post(vllm["url"] + "/reset_prefix_cache", vllm.get("api_key", "")) == 200
+    return post(vllm["url"] + "/reset_prefix_cache", auth_headers(vllm)) == 200
 
 
 def wait_healthy(vllm: dict[str, Any], timeout_s: float = 900.0) -> None:
@@ -128,6 +127,7 @@ def parse_kv_space(metrics_text: str, where: str = "vLLM") -> tuple[int, int]:
 
 
 def auth_headers(vllm: dict[str, Any]) -> dict[str, str]:
+    """The bearer header for *vllm*'s API key, or none."""
     return {"Authorization": f"Bearer {vllm['api_key']}"} if vllm.get("api_key") else {}
 
 
@@ -138,12 +138,7 @@ def metric_sources(
     ``none`` runs none), the KV server and every node's exporter."""
     sources: list[m.Source] = []
     for node in nodes:
-        v = ep.vllm(node)
-        sources.append(
-            m.Source(
-                f"vllm@{node}", "vllm", lambda v=v: m.scrape(v["url"] + "/metrics", headers=auth_headers(v))
-            )
-        )
+        sources.append(vllm_source(ep.vllm(node), f"vllm@{node}"))
         if lmcache:
             sources.append(lmcache_source(ep, node))
     for node, info in ep.nodes.items():
@@ -171,11 +166,17 @@ def lmcache_source(ep: Endpoints, node: str) -> m.Source:
     return m.Source(f"lmcache@{node}", "lmcache", lambda: _ssh_scrape(ep, node, url))
 
 
+def run_on(ep: Endpoints, node: str, cmd: str, *, warn: bool = False) -> Any:
+    """Run *cmd* on *node* over SSH, output captured; never reads this process's stdin (a
+    terminal's input, or pytest's captured stdin, which would fail the call)."""
+    with connection(ep, node) as c:
+        return c.run(cmd, hide=True, warn=warn, in_stream=False)
+
+
 def _ssh_scrape(ep: Endpoints, node: str, url: str) -> m.Snapshot:
     """Scrape a loopback-only endpoint on *node* over SSH (curl on the node)."""
     try:
-        with connection(ep, node) as c:
-            out = c.run(f"curl -sf --max-time 10 {url}", hide=True, warn=True, in_stream=False)
+        out = run_on(ep, node, f"curl -sf --max-time 10 {url}", warn=True)
         if not out.ok:
             return m.Snapshot(error=f"{node}: {url}: curl exit {out.exited}")
         return m.parse_prometheus(out.stdout)
