@@ -1,6 +1,10 @@
-"""Node checks for every node: roles/common and roles/node_exporter."""
+"""Node checks for every node: roles/common, roles/firewall and roles/node_exporter."""
 
 from __future__ import annotations
+
+import json
+
+import pytest
 
 testinfra_hosts = ["ansible://all"]
 
@@ -72,3 +76,36 @@ def test_node_exporter_serves_on_cluster_address_only(host, cluster_address, exp
 def test_units_pass_systemd_analyze_verify(host):
     out = host.run("systemd-analyze verify --man=no prometheus-node-exporter.service")
     assert out.rc == 0, out.stderr
+
+
+def _nft(host, what: str) -> list[dict]:
+    return json.loads(host.check_output(f"nft -j list {what}"))["nftables"]
+
+
+def test_firewall_loaded_and_covers_every_listening_port(host, hostvars, expected):
+    """The firewall's table is loaded at boot, drops by default, and names every port a service
+    listens on beyond loopback: a port it missed would be closed (policy drop) or open to all."""
+    if not expected("firewall", "firewall_enabled"):
+        pytest.skip("firewall_enabled is false in this inventory")
+    unit = host.service("kvstack-firewall")
+    assert unit.is_enabled
+    assert unit.is_running
+    table = expected("firewall", "firewall_table")
+    items = _nft(host, f"table inet {table}")
+    ports = {
+        i["set"]["name"]: set(i["set"].get("elem", []))
+        for i in items
+        if i.get("set", {}).get("type") == "inet_service"
+    }
+    chain = next(i["chain"] for i in items if "chain" in i and i["chain"]["name"] == "input")
+    assert chain["policy"] == expected("firewall", "firewall_input_policy")
+    ssh = int(hostvars.get("firewall_ssh_port", hostvars.get("ansible_port", 22)))
+    named = ports["cluster_ports"] | ports["public_ports"] | {ssh}
+    listening = set()
+    for line in host.check_output("ss -Hltn").splitlines():
+        local = line.split()[3]
+        addr, _, port = local.rpartition(":")
+        if addr.strip("[]") in ("::1", "localhost") or addr.startswith("127."):
+            continue
+        listening.add(int(port))
+    assert listening - named == set(), f"ports listening but not in the firewall: {listening - named}"
