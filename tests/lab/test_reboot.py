@@ -34,5 +34,7 @@ def test_reboot_brings_every_service_back_and_checks_pass(up_lab, testinfra_back
     for unit in before:
         assert host.service(unit.removesuffix(".service")).is_enabled, unit
     # The node checks of its groups (all, serving), as a user would run them.
-    checks = node_checks("tests/node/test_common.py", "tests/node/test_serving.py", f"--hosts=ansible://{NODE}")
+    checks = node_checks(
+        "tests/node/test_common.py", "tests/node/test_serving.py", f"--hosts=ansible://{NODE}"
+    )
     assert checks.returncode == 0, checks.stdout[-3000:]

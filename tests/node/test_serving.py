@@ -109,6 +109,33 @@ def test_lmcache_unit_follows_the_tier_profile(host, serving):
         assert svc.is_enabled
 
 
+def test_lmcache_holds_kv_server_connections(host, serving, hostvars, inv, resp, cluster_address):
+    """In the KV profiles the KV server holds LMCache's connections from this node, and the
+    watchdog that restores them (LMCache's RESP adapter does not reconnect) is scheduled."""
+    if serving["profile"] not in ("kv", "dram+kv"):
+        pytest.skip(f"tier profile {serving['profile']} has no KV tier")
+    if hostvars.get("lmcache_kv_watchdog_enabled", True):
+        timer = host.service("lmcache-kv-watchdog.timer")
+        assert timer.is_enabled
+        assert timer.is_running
+    kv_host = hostvars.get("kv_host") or next(iter(inv.hosts("kv").values()))["ansible_host"]
+    text = "\n".join(
+        resp(
+            kv_host,
+            int(hostvars.get("kv_port", 6379)),
+            hostvars["kv_password"],
+            "AUTH|@PASSWORD",
+            "CLIENT|ID",
+            "CLIENT|LIST",
+        )
+    )
+    own = re.search(r"^:(\d+)$", text, re.M)
+    assert own, text[:300]
+    clients = re.findall(r"id=(\d+) addr=([0-9a-f.:]+):\d+ ", text)
+    ours = [cid for cid, addr in clients if addr == cluster_address and cid != own.group(1)]
+    assert ours, f"no KV server client from {cluster_address}: {clients}"
+
+
 def test_health_and_model_listed(host, serving):
     assert host.run(f"curl -fsS -o /dev/null -w '%{{http_code}}' {serving['url']}/health").stdout == "200"
     models = json.loads(_curl(host, serving, "/v1/models"))
