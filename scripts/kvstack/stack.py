@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class Endpoints:
     nodes: dict[str, dict[str, Any]]
     serving: dict[str, dict[str, Any]]
     kv: list[str]
+    #: router host -> url, metrics_url, policy, backends (URLs), backend_hosts
+    router: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def vllm(self, node: str) -> dict[str, Any]:
         """The first vLLM instance of *node*."""
@@ -66,7 +68,12 @@ def fetch_endpoints(inventory: Path | None) -> Endpoints:
         Path(path).unlink(missing_ok=True)
     if not data.get("serving"):
         raise StackError("the inventory has no host in group serving")
-    return Endpoints(nodes=data["nodes"], serving=data["serving"], kv=list(data.get("kv") or []))
+    return Endpoints(
+        nodes=data["nodes"],
+        serving=data["serving"],
+        kv=list(data.get("kv") or []),
+        router=data.get("router") or {},
+    )
 
 
 def connection(ep: Endpoints, node: str) -> Any:
