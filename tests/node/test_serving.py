@@ -179,6 +179,39 @@ def test_repeated_long_prompt_is_served_from_lmcache(host, serving, hostvars, ex
     assert retrieved and max(retrieved) >= chunk, log[-2000:]
 
 
+def test_prefix_computed_on_another_node_is_a_hit_here(host, serving, hostvars, expected, resp, inv):
+    """The shared KV tier: a long prompt computed by another serving node's vLLM is served here
+    from the KV server (this node's vLLM and LMCache DRAM have never seen it)."""
+    if serving["profile"] not in ("kv", "dram+kv"):
+        pytest.skip(f"tier profile {serving['profile']} has no KV tier")
+    me = hostvars.get("inventory_hostname")
+    others = {n: h for n, h in inv.hosts("serving").items() if n != me}
+    if not others:
+        pytest.skip("a single serving node: no other node to share with")
+    name, other = next(iter(others.items()))
+    port = (other.get("vllm_instances") or serving["instances"])[0]["port"]
+    elsewhere = {**serving, "url": f"http://{other.get('vllm_host') or other['ansible_host']}:{port}"}
+    prompt = long_prompt()
+    kv_before = _kv_bytes_in(resp, hostvars, inv)
+    cold = _complete(host, elsewhere, prompt)
+    # The other node's LMCache stores chunks asynchronously: wait until the KV server's input
+    # stops growing.
+    seen, deadline = -1, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        grown = _kv_bytes_in(resp, hostvars, inv) - kv_before
+        if grown > 256 * 1024 and grown == seen:
+            break
+        seen = grown
+        time.sleep(2)
+    assert seen > 256 * 1024, f"{name} stored nothing in the KV server"
+    hits_before = _metric(host, serving, "vllm:external_prefix_cache_hits_total")
+    hit = _complete(host, serving, prompt)
+    hits = _metric(host, serving, "vllm:external_prefix_cache_hits_total") - hits_before
+    chunk = int(expected("lmcache", "lmcache_chunk_size"))
+    assert hits >= (cold["usage"]["prompt_tokens"] // chunk) * chunk - chunk, (name, hits)
+    assert hit["choices"][0]["text"] == cold["choices"][0]["text"]
+
+
 def _kv_bytes_in(resp, hostvars, inv) -> int:
     """Bytes the KV server has received (INFO stats, Redis and Kvrocks alike), asked from this
     node (the real client) over RESP."""
