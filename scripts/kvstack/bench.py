@@ -18,7 +18,9 @@ One run, in ``results/<run id>/``:
    served from the KV-server tier after vLLM's cache was emptied.
 5. **KV data path** on a serving node against the KV server, and the **RocksDB engine** with each
    Kvrocks tuning profile on disk and tmpfs (:mod:`kvstack.datapath`).
-6. **Targets** of the issue, met or missed, then ``report.md`` and plots (:mod:`kvstack.report`).
+6. **Routing** (:mod:`kvstack.routing`): the multi-round workload through the router, 1 node vs
+   2 nodes and round-robin vs cache-aware, with per-node requests and hit rates.
+7. **Targets** of the issues, met or missed, then ``report.md`` and plots (:mod:`kvstack.report`).
 
 ``results.json`` is rewritten after every step: an interrupted or failed run keeps what it
 measured, and its report lists what is missing. The serving nodes go back to the inventory's tier
@@ -39,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvstack import REPO, datapath, provision, report, rocksbench
+from kvstack import REPO, datapath, provision, report, rocksbench, routing
 from kvstack import metrics as m
 from kvstack.loadgen import LoadConfig, log_progress, run
 from kvstack.log import brief, progress
@@ -84,6 +86,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "datapath_n": 8,
         "rocksdb_sizes": (MiB,),
         "rocksdb_n": 16,
+        "routing_load": "c4",
+        "routing_kv_ratio": 1.5,
     },
     "full": {
         "loads": ("c2", "c8"),
@@ -98,6 +102,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "datapath_n": 32,
         "rocksdb_sizes": (MiB, 4 * MiB, 16 * MiB),
         "rocksdb_n": 64,
+        "routing_load": "c8",
+        "routing_kv_ratio": 1.5,
     },
 }
 PROBE_TOKENS = 4096
@@ -140,6 +146,11 @@ class BenchOptions:
     rocksdb_sizes: tuple[int, ...] | None = None
     rocksdb_n: int | None = None
     rocksdb_dir: Path = Path("/var/tmp")
+    routing: bool = True
+    routing_load: str | None = None
+    #: routing runs' working set / ONE node's vLLM KV space: above 1 (one node's cache cannot hold
+    #: it), below the number of nodes (locality-preserving routing lets the nodes' caches split it)
+    routing_kv_ratio: float | None = None
     switch: bool = True
     #: Ansible variables applied with every profile switch (tuning: ``lmcache_kv_workers=4``)
     extra_vars: dict[str, str] = field(default_factory=dict)
@@ -164,19 +175,19 @@ class Load:
     value: float
 
     @classmethod
-    def parse(cls, label: str) -> Load:
-        """Parse ``cN`` or ``qX``; a clear error names the bad value."""
+    def parse(cls, label: str, option: str = "--loads") -> Load:
+        """Parse ``cN`` or ``qX``; a clear error names the bad value and its *option*."""
         mt = re.fullmatch(r"(c)(\d+)|(q)(\d+(?:\.\d+)?)", label.strip())
         if not mt:
-            raise BenchError(f"--loads: {label!r} is not cN (N closed-loop users) or qX (X conversations/s)")
+            raise BenchError(f"{option}: {label!r} is not cN (N closed-loop users) or qX (X conversations/s)")
         if mt.group(1):
             n = int(mt.group(2))
             if n < 1:
-                raise BenchError(f"--loads: {label!r} needs at least 1 user")
+                raise BenchError(f"{option}: {label!r} needs at least 1 user")
             return cls(label.strip(), "closed", n)
         x = float(mt.group(4))
         if x <= 0:
-            raise BenchError(f"--loads: {label!r} needs a rate above 0")
+            raise BenchError(f"{option}: {label!r} needs a rate above 0")
         return cls(label.strip(), "open", x)
 
 
@@ -236,6 +247,10 @@ def validate(o: BenchOptions) -> list[Load]:
         raise BenchError(
             "--no-switch runs the profile the nodes have: give one --profiles entry and --no-probe"
         )
+    if o.routing and o.preset("routing_kv_ratio") <= 0:
+        raise BenchError(f"--routing-kv-ratio: must be > 0, got {o.routing_kv_ratio}")
+    if o.routing and Load.parse(o.preset("routing_load"), "--routing-load").mode != "closed":
+        raise BenchError(f"--routing-load: {o.preset('routing_load')!r} must be a closed loop (cN)")
     if o.rocksdb and not o.rocksdb_dir.is_dir():
         raise BenchError(f"--rocksdb-dir: {o.rocksdb_dir} is not a directory")
     return loads
@@ -388,9 +403,12 @@ def switch(o: BenchOptions, nodes: list[str], cell: Cell | None, log: Path) -> f
     return time.monotonic() - t0
 
 
-def build_workload(o: BenchOptions, tok: TokenizerAdapter, kv_tokens: int, seed: int) -> Workload:
-    """The workload of one run (its own *seed*), sized against vLLM's KV space."""
-    ratio, a = o.preset("kv_ratio"), o.preset("answer_tokens")
+def build_workload(
+    o: BenchOptions, tok: TokenizerAdapter, kv_tokens: int, seed: int, ratio: float | None = None
+) -> Workload:
+    """The workload of one run (its own *seed*), sized against vLLM's KV space (*ratio* times it,
+    default ``--kv-ratio``)."""
+    ratio, a = ratio or o.preset("kv_ratio"), o.preset("answer_tokens")
     s, q, r = o.preset("system_tokens"), o.preset("question_tokens"), o.preset("rounds")
     h = o.preset("history_tokens")
     if o.workload == "multi-round-qa":
@@ -538,6 +556,28 @@ def targets(results: dict[str, Any], ws_ratio: float | None) -> list[dict[str, A
             "op": ">=",
             "unit": "x",
             "detail": f"value {report.fmt_bytes(size)} (one LMCache chunk of this model)" if size else "",
+        }
+    )
+    rt = (results.get("routing") or {}).get("target") or {}
+    higher = rt.get("hit_rate_higher_on") or {}
+    out.append(
+        {
+            "name": "TTFT P95 round-robin vs cache-aware routing (2 nodes)",
+            "value": rt.get("measured"),
+            "target": routing.TARGET_P95_X,
+            "op": ">=",
+            "unit": "x",
+            "detail": "multi-round QA through the router",
+        }
+    )
+    out.append(
+        {
+            "name": "share of serving nodes with a higher hit rate under cache-aware routing",
+            "value": sum(higher.values()) / len(higher) if higher else None,
+            "target": 1.0,
+            "op": ">=",
+            "unit": "",
+            "detail": ", ".join(f"{n}: {'yes' if v else 'no'}" for n, v in higher.items()),
         }
     )
     return out
@@ -724,6 +764,44 @@ def run_bench(o: BenchOptions) -> Path:
                 )
                 res.data["rocksdb"] = rd.get("rocksdb", [])
                 res.data["missing"] += rd.get("missing", [])
+                res.save()
+        if o.routing:
+            with _step(res, "routing"):
+                if switched:  # the serving nodes share one tier profile: the inventory's
+                    switch(o, [node], None, log)
+                    switched = False
+                rl = Load.parse(o.preset("routing_load"))
+
+                def lc_for(url: str, i: int) -> LoadConfig:
+                    return LoadConfig(
+                        url,
+                        vllm["model"],
+                        concurrency=int(rl.value),
+                        interleave=True,
+                        seed=salt + 50_000 + i,
+                        max_seconds=o.max_seconds,
+                        api_key=vllm.get("api_key") or None,
+                    )
+
+                def save(result: dict[str, Any]) -> None:
+                    res.data["routing"] = result
+                    res.save()
+
+                res.data["routing"] = routing.run_routing(
+                    o.inventory,
+                    ep,
+                    lambda i: (
+                        build_workload(
+                            o, tok, kv_tokens, salt + 60_000 + i, o.preset("routing_kv_ratio")
+                        ).conversations
+                    ),
+                    lc_for,
+                    res.dir / "runs",
+                    log,
+                    slo,
+                    save,
+                )
+                res.data["missing"] += res.data["routing"]["missing"]
                 res.save()
         res.data["interrupted"] = False
     except BaseException as e:

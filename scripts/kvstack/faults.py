@@ -4,6 +4,8 @@
   started again; LMCache's watchdog (roles/lmcache) restarts LMCache; load once more.
 - :func:`lmcache_kill`: LMCache's server killed (SIGKILL) under load; systemd restarts it (and
   vLLM, which is ``PartOf`` it); failed requests and seconds until a request succeeds again.
+- :func:`router_failover`: a serving node stopped under load sent through the router; the
+  switch-over window, failed requests inside and after it, and seconds until it rejoins.
 
 Each load phase is a small multi-round QA run with its own text (round 2 of each user reuses its
 round 1 from LMCache once vLLM's cache let it go) and reports requests, failures, prompt tokens
@@ -15,6 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +25,7 @@ from kvstack import metrics as m
 from kvstack import stack
 from kvstack.loadgen import LoadConfig, run
 from kvstack.log import progress
+from kvstack.routing import ROUTER_COUNTER
 from kvstack.workloads import TokenizerAdapter, multi_round_qa
 
 LMCACHE_COUNTERS = {
@@ -170,4 +174,109 @@ def lmcache_kill(drill: Drill) -> dict[str, Any]:
         "phases": [asdict(ph), asdict(after)],
         "serving_again_s": round(back_s, 1),
         "lmcache_restarts": int(restarts or 0),
+    }
+
+
+def router_failover(
+    router_url: str,
+    metrics_url: str,
+    victim_url: str,
+    model: str,
+    tok: TokenizerAdapter,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+    *,
+    api_key: str | None = None,
+    duration_s: float = 75.0,
+    stop_at_s: float = 10.0,
+    rejoin_timeout_s: float = 600.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A serving node stopped under load sent through the router, then started again.
+
+    The router's per-backend request counter is polled every 0.5 s: the switch-over window is the
+    time from the stop until the victim's counter last moved (the router sent it nothing after).
+    Reports failed requests inside and after that window, and seconds until the router counted the
+    victim healthy again once it was started.
+    """
+    wl = multi_round_qa(
+        tok,
+        users=64,
+        rounds=8,
+        system_tokens=128,
+        history_tokens=256,
+        question_tokens=32,
+        answer_tokens=8,
+        seed=seed,
+    )
+    counter = f'{ROUTER_COUNTER}{{worker="{victim_url}"}}'
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+    stopped: dict[str, float] = {}
+
+    def poll() -> None:
+        while not done.is_set():
+            snap = m.scrape(metrics_url, (ROUTER_COUNTER,))
+            samples.append((time.perf_counter(), snap.values.get(counter, 0.0)))
+            done.wait(0.5)
+
+    def stopper() -> None:
+        time.sleep(stop_at_s)
+        stopped["at"] = time.perf_counter()
+        progress(f"stopping the serving node behind {victim_url}")
+        stop()
+
+    threads = [threading.Thread(target=poll), threading.Thread(target=stopper)]
+    for t in threads:
+        t.start()
+    cfg = LoadConfig(
+        router_url,
+        model,
+        concurrency=4,
+        interleave=True,
+        request_timeout_s=120,
+        max_seconds=duration_s,
+        api_key=api_key,
+    )
+    try:
+        res = run(wl.conversations, cfg)
+    finally:
+        threads[1].join()
+        done.set()
+        threads[0].join()
+    t_stop = stopped["at"]
+    final = samples[-1][1]
+    last_move = next((t for t, v in samples if v >= final), t_stop)
+    window = max(0.0, last_move - t_stop)
+    failed = [r for r in res.records if not r.ok]
+    after_window = [r for r in failed if r.start > t_stop + window]
+    progress(
+        f"switch-over window {window:.1f} s; failed requests {len(failed)} "
+        f"({len(after_window)} after the window) of {len(res.records)}"
+    )
+    t_start = time.perf_counter()
+    start()
+    while True:
+        health = m.scrape(metrics_url, ("vllm_router_worker_health",))
+        if health.values.get(f'vllm_router_worker_health{{worker="{victim_url}"}}') == 1:
+            break
+        if time.perf_counter() - t_start > rejoin_timeout_s:
+            raise TimeoutError(
+                f"{victim_url} not healthy in the router {rejoin_timeout_s:.0f} s after its start"
+            )
+        time.sleep(1)
+    rejoin_s = time.perf_counter() - t_start
+    progress(f"{victim_url} healthy in the router again {rejoin_s:.0f} s after it was started")
+    return {
+        "requests": len(res.records),
+        "before_stop": sum(1 for r in res.records if r.start < t_stop),
+        "failed": len(failed),
+        "failed_in_window": len(failed) - len(after_window),
+        "failed_after_window": len(after_window),
+        "switch_over_s": round(window, 1),
+        "victim_requests_after_window": int(
+            final - next((v for t, v in samples if t >= t_stop + window), final)
+        ),
+        "errors": sorted({r.error or "" for r in failed})[:3],
+        "rejoin_s": round(rejoin_s, 1),
     }

@@ -309,6 +309,32 @@ def _rocksdb_table(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"rows": table, "unmapped": [[f"`{p}`", u] for p, u in unmapped.items()]}
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _routing_tables(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Routing runs: latency and throughput per configuration, requests and hit rates per node."""
+    routing = results.get("routing") or {}
+    runs = routing.get("runs") or []
+    if not runs:
+        return None
+    summary, nodes = [], []
+    for r in runs:
+        s = r["summary"]
+        summary.append(
+            [r["config"], str(s["requests"]), str(s["failed"]), fmt(s["total_tokens_per_s"], 0)]
+            + [fmt(_ms(s["ttft"][q]), 0) for q in PERCENTILES]
+            + [fmt(_ms(s["itl"]["p50"]), 1), fmt(s["e2e"]["p95"], 2)]
+        )
+        for node, d in r["per_node"].items():
+            nodes.append(
+                [r["config"], node, str(d["requests"]), f"{d['prompt_tokens']:,}"]
+                + [_pct(d[k]) for k in ("vllm_hit_rate", "lmcache_hit_rate", "hit_rate")]
+            )
+    return {"router": routing.get("router", ""), "summary": summary, "nodes": nodes}
+
+
 def context(results: dict[str, Any], images: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything the template shows, as preformatted strings."""
     machine = dict(results.get("machine") or {})
@@ -331,6 +357,7 @@ def context(results: dict[str, Any], images: dict[str, str] | None = None) -> di
         "rocksdb": _rocksdb_table(results),
         "probe": _probe_table(results),
         "probes": _probes_table(results),
+        "routing": _routing_tables(results),
         "targets": [evaluate_target(t) for t in results.get("targets", [])],
         "missing": missing,
         "images": images,
@@ -510,6 +537,37 @@ def plot_rocksdb(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def plot_routing(results: dict[str, Any], path: Path) -> bool:
+    """Routing: TTFT P50/P95/P99 per configuration, and hit rate per node and configuration."""
+    runs = (results.get("routing") or {}).get("runs") or []
+    if not runs:
+        return False
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    configs = [r["config"] for r in runs]
+    width = 0.8 / len(PERCENTILES)
+    for i, q in enumerate(PERCENTILES):
+        ys = [(r["summary"]["ttft"][q] or 0) * 1000 for r in runs]
+        ax1.bar([j + (i - 1) * width for j in range(len(runs))], ys, width, label=q.upper())
+    ax1.set_xticks(range(len(runs)), configs, fontsize=8)
+    ax1.set_ylabel("ms")
+    ax1.set_title("TTFT through the router")
+    ax1.legend(fontsize=8)
+    nodes = list(dict.fromkeys(n for r in runs for n in r["per_node"]))
+    width = 0.8 / max(len(nodes), 1)
+    for i, node in enumerate(nodes):
+        ys = [100 * ((r["per_node"].get(node) or {}).get("hit_rate") or 0) for r in runs]
+        xs = [j + (i - (len(nodes) - 1) / 2) * width for j in range(len(runs))]
+        bars = ax2.bar(xs, ys, width, label=node)
+        ax2.bar_label(bars, [f"{y:.0f}%" for y in ys], fontsize=7)
+    ax2.set_xticks(range(len(runs)), configs, fontsize=8)
+    ax2.set_ylabel("% of prompt tokens from a cache")
+    ax2.set_title("hit rate per serving node (vLLM + LMCache)")
+    ax2.legend(fontsize=8)
+    _save(plt, fig, path)
+    return True
+
+
 def write_plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
     """Write every plot the results allow into *outdir*; returns name -> file name."""
     images: dict[str, str] = {}
@@ -523,6 +581,8 @@ def write_plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
         images["kv_datapath"] = "kv_datapath.png"
     if plot_rocksdb(results, outdir / "rocksdb.png"):
         images["rocksdb"] = "rocksdb.png"
+    if plot_routing(results, outdir / "routing.png"):
+        images["routing"] = "routing.png"
     return images
 
 

@@ -47,6 +47,9 @@ def test_load_levels():
         ({"extra_vars": {"tier_profile": "kv"}}, "--set"),
         ({"extra_vars": {"bad-name": "1"}}, "--set"),
         ({"rocksdb_dir": Path("/nonexistent/kvstack")}, "--rocksdb-dir"),
+        ({"routing_load": "q2"}, "--routing-load"),
+        ({"routing_load": "fast"}, "--routing-load"),
+        ({"routing_kv_ratio": 0.0}, "--routing-kv-ratio"),
     ],
 )
 def test_bad_options_are_named(options, named):

@@ -1,0 +1,241 @@
+"""Routing bench: the multi-round workload through the router, 1 node vs 2 nodes and
+round-robin vs cache-aware, with per-node hit rates.
+
+Each configuration is applied to the router through ``site.yml --tags router`` (policy and
+backend hosts as extra variables), then a fresh multi-round QA run (its own text, nothing any
+cache has seen) is sent to the router's URL while every serving node's vLLM, LMCache, the KV
+server and the router itself are read before and after. Per node the report gets requests
+(the router's own per-backend counter) and where prompt tokens came from (vLLM's
+``prompt_tokens_by_source``: its own prefix cache, LMCache, or computed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvstack import metrics as m
+from kvstack import provision
+from kvstack.loadgen import LoadConfig, log_progress, run
+from kvstack.log import progress
+from kvstack.stack import Endpoints, StackError, metric_sources, reset_prefix_cache, wait_healthy
+from kvstack.stats import SLO, summarize, write_jsonl
+
+#: Configurations in run order: label -> (number of backend nodes, policy).
+CONFIGS: dict[str, tuple[int, str]] = {
+    "1 node": (1, "round_robin"),
+    "2 nodes round_robin": (2, "round_robin"),
+    "2 nodes cache_aware": (2, "cache_aware"),
+}
+TARGET_P95_X = 1.5
+ROUTER_COUNTER = "vllm_router_processed_requests_total"
+
+
+@dataclass(frozen=True)
+class Router:
+    """The router host and what ``roles/router`` says about it."""
+
+    host: str
+    url: str
+    metrics_url: str
+    backends: list[str]
+
+
+def router_of(ep: Endpoints) -> Router:
+    """The inventory's (first) router; a clear error when there is none."""
+    if not ep.router:
+        raise StackError("the inventory has no host in group router: the routing bench needs one")
+    host, info = next(iter(ep.router.items()))
+    return Router(host, info["url"], info["metrics_url"], list(info["backends"]))
+
+
+def apply(inventory: Path | None, router: Router, nodes: list[str], policy: str, log: Path) -> float:
+    """Point the router at *nodes* with *policy* (site.yml --tags router); returns seconds."""
+    t0 = time.monotonic()
+    progress(f"router: {policy} over {', '.join(nodes)} (site.yml --tags router)")
+    out = provision.playbook(
+        "site.yml",
+        inventory=inventory,
+        limit=router.host,
+        tags="router",
+        extra_args=["-e", json.dumps({"router_policy": policy, "router_backend_hosts": nodes})],
+        capture=True,
+        echo=False,
+        check_rc=False,
+    )
+    with log.open("a") as f:
+        f.write(f"=== router {policy} over {nodes}\n{out.stdout}\n")
+    if out.returncode != 0:
+        raise RuntimeError(f"site.yml --tags router failed (rc {out.returncode}); see {log}")
+    return time.monotonic() - t0
+
+
+def wait_backends(router: Router, n: int, timeout_s: float = 300) -> None:
+    """Wait until the router reports *n* healthy backends."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snap = m.scrape(router.metrics_url, ("vllm_router_worker_health",))
+        healthy = sum(
+            1 for k, v in snap.values.items() if k.startswith("vllm_router_worker_health") and v == 1
+        )
+        if healthy >= n:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"router {router.url}: {healthy} of {n} backends healthy after {timeout_s:.0f} s"
+            )
+        time.sleep(2)
+
+
+def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per serving node: requests routed to it and where its prompt tokens came from.
+
+    *nodes* maps node name to its vLLM URL (the router labels backends by URL)."""
+    routed = deltas.get("router", {})
+    out: dict[str, dict[str, Any]] = {}
+    for node, url in nodes.items():
+        v = deltas.get(f"vllm@{node}", {})
+        src = {
+            s: m.total(v, "vllm:prompt_tokens_by_source_total", source=s)
+            for s in ("local_compute", "local_cache_hit", "external_kv_transfer")
+        }
+        total = sum(src.values())
+        requests = sum(
+            val for k, val in routed.items() if k.startswith(ROUTER_COUNTER) and f'worker="{url}"' in k
+        )
+        out[node] = {
+            "requests": int(requests),
+            "prompt_tokens": int(total),
+            "vllm_hit_rate": src["local_cache_hit"] / total if total else None,
+            "lmcache_hit_rate": src["external_kv_transfer"] / total if total else None,
+            "hit_rate": (src["local_cache_hit"] + src["external_kv_transfer"]) / total if total else None,
+        }
+    return out
+
+
+def run_config(
+    label: str,
+    conversations: list,
+    lc: LoadConfig,
+    ep: Endpoints,
+    router: Router,
+    nodes: list[str],
+    out_dir: Path,
+    slo: SLO,
+) -> dict[str, Any]:
+    """One measured run through the router; returns its entry for results.json."""
+    vllms = {n: ep.vllm(n) for n in ep.serving}
+    for v in vllms.values():
+        wait_healthy(v)
+        reset_prefix_cache(v)
+    sources, _ = metric_sources(ep, list(ep.serving), lmcache=True)
+    sources.append(m.Source("router", "router", lambda: m.scrape(router.metrics_url, ("vllm_router_",))))
+    before = m.snapshot_all(sources)
+    res = run(conversations, lc, log_progress(f"routing {label}", every=max(10, len(conversations))))
+    deltas, errors = m.deltas_between(before, m.snapshot_all(sources))
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+    write_jsonl(res.records, out_dir / f"routing__{stem}.jsonl")
+    (out_dir / f"routing__{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
+    nodes_seen = per_node(deltas, {n: vllms[n]["url"] for n in ep.serving})
+    summary = summarize(res.records, slo=slo, wall_time_s=res.wall_time_s).to_dict()
+    entry = {
+        "config": label,
+        "nodes": len(nodes),
+        "backend_hosts": nodes,
+        "policy": CONFIGS[label][1],
+        "file": f"runs/routing__{stem}.jsonl",
+        "summary": summary,
+        "per_node": nodes_seen,
+        "counter_errors": errors,
+    }
+    p95 = summary["ttft"]["p95"]
+    progress(
+        f"routing {label}: {summary['total_tokens_per_s']:.0f} tok/s, TTFT P95 "
+        f"{1000 * (p95 or 0):.0f} ms, failed {summary['failed']}; "
+        + ", ".join(
+            f"{n} {d['requests']} req hit {100 * (d['hit_rate'] or 0):.0f}%" for n, d in nodes_seen.items()
+        )
+    )
+    return entry
+
+
+def target(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Cache-aware TTFT P95 >= 1.5x better than round-robin on 2 nodes, and a higher hit rate on
+    every node: met or missed, with the measured figures."""
+    by = {r["config"]: r for r in runs}
+    rr, ca = by.get("2 nodes round_robin"), by.get("2 nodes cache_aware")
+    if not rr or not ca:
+        return None
+    p_rr, p_ca = rr["summary"]["ttft"]["p95"], ca["summary"]["ttft"]["p95"]
+    ratio = p_rr / p_ca if p_rr and p_ca else None
+    higher = {
+        n: (ca["per_node"][n]["hit_rate"] or 0) > (rr["per_node"].get(n, {}).get("hit_rate") or 0)
+        for n in ca["per_node"]
+    }
+    return {
+        "target": (
+            f"2 nodes: TTFT P95 round-robin / cache-aware >= {TARGET_P95_X}x, "
+            "and a higher hit rate on every node"
+        ),
+        "measured": ratio,
+        "hit_rate_higher_on": higher,
+        "met": bool(ratio and ratio >= TARGET_P95_X and all(higher.values())),
+    }
+
+
+def restore(inventory: Path | None, router: Router, log: Path) -> None:
+    """Put the router back as the inventory has it."""
+    out = provision.playbook(
+        "site.yml",
+        inventory=inventory,
+        limit=router.host,
+        tags="router",
+        capture=True,
+        echo=False,
+        check_rc=False,
+    )
+    with log.open("a") as f:
+        f.write(f"=== router back to the inventory's settings\n{out.stdout}\n")
+    if out.returncode != 0:
+        progress(f"could not restore the router (rc {out.returncode}); run: fab provision --tags router")
+
+
+def run_routing(
+    inventory: Path | None,
+    ep: Endpoints,
+    conversations_for,
+    lc_for,
+    out_dir: Path,
+    log: Path,
+    slo: SLO,
+    save,
+) -> dict[str, Any]:
+    """Every configuration of :data:`CONFIGS` the inventory allows, in order.
+
+    *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, i)* its load
+    config; *save(result)* is called after each run (results survive an interruption).
+    """
+    router = router_of(ep)
+    serving = list(ep.serving)
+    result: dict[str, Any] = {"router": router.url, "runs": [], "missing": [], "switch_s": []}
+    try:
+        for i, (label, (n, policy)) in enumerate(CONFIGS.items()):
+            if n > len(serving):
+                result["missing"].append(f"routing {label}: the inventory has {len(serving)} serving node(s)")
+                continue
+            nodes = serving[:n]
+            result["switch_s"].append(round(apply(inventory, router, nodes, policy, log), 1))
+            wait_backends(router, n)
+            entry = run_config(
+                label, conversations_for(i), lc_for(router.url, i), ep, router, nodes, out_dir, slo
+            )
+            result["runs"].append(entry)
+            result["target"] = target(result["runs"])
+            save(result)
+    finally:
+        restore(inventory, router, log)
+    return result
