@@ -1,5 +1,6 @@
 """`fab run-bench` on the lab, at its smallest: two tier profiles switched through site.yml, the TTFT
-probe, the KV data path from a serving node and the RocksDB engine bench. Asserts on counters and
+probe, the KV data path from a serving node, the RocksDB engine bench and the routing runs (1 node,
+2 nodes round-robin, 2 nodes cache-aware). Asserts on counters and
 outcomes (requests served, where tokens came from, rows written, no secret in the results), never on
 timings; the ratios it measures go to its report."""
 
@@ -125,6 +126,38 @@ def test_nodes_back_on_the_inventory_profile(bench_run, testinfra_backend):
     unit = node.check_output("systemctl cat lmcache.service")
     assert "--l2-adapter" in unit and "skip_l1" not in unit  # the inventory's dram+kv, not kv
     assert node.service("vllm@main").is_running
+
+
+def test_routing_runs_per_configuration(bench_run):
+    _, res = bench_run
+    runs = {r["config"]: r for r in res["routing"]["runs"]}
+    assert list(runs) == ["1 node", "2 nodes round_robin", "2 nodes cache_aware"]
+    for r in runs.values():
+        assert r["summary"]["requests"] == USERS * ROUNDS and r["summary"]["failed"] == 0
+        # the router's per-backend counter accounts for every request
+        assert sum(n["requests"] for n in r["per_node"].values()) == USERS * ROUNDS
+    assert runs["1 node"]["per_node"]["lab-serve2"]["requests"] == 0
+    assert all(n["requests"] > 0 for n in runs["2 nodes round_robin"]["per_node"].values())
+
+
+def test_cache_aware_keeps_conversations_where_their_prefix_is(bench_run):
+    """8 users' 2.6k-token histories fit the two nodes' vLLM caches when each stays on one node:
+    cache-aware routing serves round 2 from vLLM's own cache; round-robin sends it to the other
+    node, where it comes from LMCache instead."""
+    _, res = bench_run
+    runs = {r["config"]: r for r in res["routing"]["runs"]}
+
+    def local_hits(config: str) -> float:
+        return sum(n["prompt_tokens"] * (n["vllm_hit_rate"] or 0) for n in runs[config]["per_node"].values())
+
+    assert local_hits("2 nodes cache_aware") > local_hits("2 nodes round_robin")
+    assert res["routing"]["target"] is not None  # stated in the report, met or not
+
+
+def test_router_back_on_the_inventory_policy(bench_run, testinfra_backend):
+    router = testinfra_backend("lab-kv1")
+    exec_start = router.check_output("systemctl show -p ExecStart --value vllm-router")
+    assert "--policy cache_aware" in exec_start and "10.77.0.12:8000" in exec_start
 
 
 def test_bad_arguments_rejected_before_anything(up_lab):
