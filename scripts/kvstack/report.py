@@ -556,14 +556,27 @@ def plot_routing(results: dict[str, Any], path: Path) -> bool:
     nodes = list(dict.fromkeys(n for r in runs for n in r["per_node"]))
     width = 0.8 / max(len(nodes), 1)
     for i, node in enumerate(nodes):
-        ys = [100 * ((r["per_node"].get(node) or {}).get("hit_rate") or 0) for r in runs]
+        per = [r["per_node"].get(node) or {} for r in runs]
+        own = [100 * (d.get("vllm_hit_rate") or 0) for d in per]
+        lm = [100 * (d.get("lmcache_hit_rate") or 0) for d in per]
         xs = [j + (i - (len(nodes) - 1) / 2) * width for j in range(len(runs))]
-        bars = ax2.bar(xs, ys, width, label=node)
-        ax2.bar_label(bars, [f"{y:.0f}%" for y in ys], fontsize=7)
+        bars = ax2.bar(xs, own, width, label=f"{node}: vLLM's own cache")
+        top = ax2.bar(
+            xs,
+            lm,
+            width,
+            bottom=own,
+            color=bars.patches[0].get_facecolor(),
+            alpha=0.45,
+            hatch="//",
+            label=f"{node}: LMCache",
+        )
+        ax2.bar_label(top, [f"{a:.0f}+{b:.0f}%" for a, b in zip(own, lm, strict=True)], fontsize=7)
     ax2.set_xticks(range(len(runs)), configs, fontsize=8)
     ax2.set_ylabel("% of prompt tokens from a cache")
-    ax2.set_title("hit rate per serving node (vLLM + LMCache)")
-    ax2.legend(fontsize=8)
+    ax2.set_title("hit rate per serving node: vLLM's own cache + LMCache")
+    ax2.set_ylim(0, 135)
+    ax2.legend(fontsize=7, loc="upper left", ncol=2)
     _save(plt, fig, path)
     return True
 
