@@ -42,6 +42,9 @@ CASES = [
     ("negative KV block cap", {"vllm_num_kv_blocks": -1}, "vllm_num_kv_blocks"),
     ("unknown KV server", {"kv_server": "memcached"}, "kv_server"),
     ("cluster network no node is on", {"cluster_network_cidr": "192.168.250.0/24"}, "cluster_network_cidr"),
+    ("unknown routing policy", {"router_policy": "fastest"}, "router_policy"),
+    ("router port clashing with its metrics port", {"router_port": 29000}, "router_port"),
+    ("firewall network that is not a CIDR", {"firewall_ssh_sources": ["the office"]}, "firewall_ssh_sources"),
 ]
 
 
