@@ -695,6 +695,11 @@ def down(inventory_dir: Path | None = None, timeout: float = 60.0) -> list[str]:
                 os.killpg(pid, signal.SIGKILL)
         _kill_cgroup_members(cgroups)
         removed += [f"cgroup {d}" for d in _remove_cgroups(cgroups)]
+        # A killed nspawn leaves its host-side veth behind (vb-NAME, cut to 15 characters).
+        veth = f"vb-{name}"[:15]
+        if _run(["ip", "link", "show", veth], check=False).returncode == 0:
+            _run(["ip", "link", "del", veth], check=False)
+            removed.append(f"link {veth}")
         with contextlib.suppress(FileNotFoundError):
             cfg.pid_file(name).unlink()
         if pid:
