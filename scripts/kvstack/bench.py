@@ -386,18 +386,15 @@ def switch(o: BenchOptions, nodes: list[str], cell: Cell | None, log: Path) -> f
     t0 = time.monotonic()
     what = cell.label if cell else "the inventory's tier profile"
     progress(f"switching {', '.join(nodes)} to {what} (site.yml --tags lmcache,vllm)")
-    out = provision.playbook(
+    out = provision.playbook_logged(
         "site.yml",
+        log,
+        f"{_now()} switch to {what}",
         inventory=o.inventory,
         limit=",".join(nodes),
         tags="lmcache,vllm",
         extra_vars={**o.extra_vars, **cell.extra_vars()} if cell else None,
-        capture=True,
-        echo=False,
-        check_rc=False,
     )
-    with log.open("a") as f:
-        f.write(f"=== {_now()} switch to {what}\n{out.stdout}\n")
     if out.returncode != 0:
         raise RuntimeError(f"site.yml failed switching to {what} (rc {out.returncode}); see {log}")
     return time.monotonic() - t0

@@ -25,7 +25,7 @@ from kvstack import metrics as m
 from kvstack import stack
 from kvstack.loadgen import LoadConfig, run
 from kvstack.log import progress
-from kvstack.routing import ROUTER_COUNTER
+from kvstack.routing import ROUTER_COUNTER, healthy_backends
 from kvstack.workloads import TokenizerAdapter, multi_round_qa
 
 LMCACHE_COUNTERS = {
@@ -257,8 +257,7 @@ def router_failover(
     t_start = time.perf_counter()
     start()
     while True:
-        health = m.scrape(metrics_url, ("vllm_router_worker_health",))
-        if health.values.get(f'vllm_router_worker_health{{worker="{victim_url}"}}') == 1:
+        if victim_url in healthy_backends(metrics_url):
             break
         if time.perf_counter() - t_start > rejoin_timeout_s:
             raise TimeoutError(

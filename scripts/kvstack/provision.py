@@ -62,6 +62,15 @@ def playbook(
     return proc
 
 
+def playbook_logged(name: str, log: Path, heading: str, **kwargs) -> subprocess.CompletedProcess:
+    """:func:`playbook` run quietly (output captured, rc left to the caller), its output appended
+    to *log* under ``=== heading``; for the bench's switches, which keep Ansible out of the terminal."""
+    out = playbook(name, capture=True, echo=False, check_rc=False, **kwargs)
+    with log.open("a") as f:
+        f.write(f"=== {heading}\n{out.stdout}\n")
+    return out
+
+
 _RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")
 
 

@@ -33,6 +33,7 @@ CONFIGS: dict[str, tuple[int, str]] = {
 }
 TARGET_P95_X = 1.5
 ROUTER_COUNTER = "vllm_router_processed_requests_total"
+HEALTH = "vllm_router_worker_health"
 
 
 @dataclass(frozen=True)
@@ -57,31 +58,35 @@ def apply(inventory: Path | None, router: Router, nodes: list[str], policy: str,
     """Point the router at *nodes* with *policy* (site.yml --tags router); returns seconds."""
     t0 = time.monotonic()
     progress(f"router: {policy} over {', '.join(nodes)} (site.yml --tags router)")
-    out = provision.playbook(
+    out = provision.playbook_logged(
         "site.yml",
+        log,
+        f"router {policy} over {nodes}",
         inventory=inventory,
         limit=router.host,
         tags="router",
         extra_args=["-e", json.dumps({"router_policy": policy, "router_backend_hosts": nodes})],
-        capture=True,
-        echo=False,
-        check_rc=False,
     )
-    with log.open("a") as f:
-        f.write(f"=== router {policy} over {nodes}\n{out.stdout}\n")
     if out.returncode != 0:
         raise RuntimeError(f"site.yml --tags router failed (rc {out.returncode}); see {log}")
     return time.monotonic() - t0
+
+
+def healthy_backends(metrics_url: str) -> set[str]:
+    """Backend URLs the router counts healthy now (``vllm_router_worker_health`` 1)."""
+    snap = m.scrape(metrics_url, (HEALTH,))
+    return {
+        k.split('worker="', 1)[1].split('"', 1)[0]
+        for k, v in snap.values.items()
+        if k.startswith(HEALTH) and 'worker="' in k and v == 1
+    }
 
 
 def wait_backends(router: Router, n: int, timeout_s: float = 300) -> None:
     """Wait until the router reports *n* healthy backends."""
     deadline = time.monotonic() + timeout_s
     while True:
-        snap = m.scrape(router.metrics_url, ("vllm_router_worker_health",))
-        healthy = sum(
-            1 for k, v in snap.values.items() if k.startswith("vllm_router_worker_health") and v == 1
-        )
+        healthy = len(healthy_backends(router.metrics_url))
         if healthy >= n:
             return
         if time.monotonic() > deadline:
@@ -189,17 +194,14 @@ def target(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def restore(inventory: Path | None, router: Router, log: Path) -> None:
     """Put the router back as the inventory has it."""
-    out = provision.playbook(
+    out = provision.playbook_logged(
         "site.yml",
+        log,
+        "router back to the inventory's settings",
         inventory=inventory,
         limit=router.host,
         tags="router",
-        capture=True,
-        echo=False,
-        check_rc=False,
     )
-    with log.open("a") as f:
-        f.write(f"=== router back to the inventory's settings\n{out.stdout}\n")
     if out.returncode != 0:
         progress(f"could not restore the router (rc {out.returncode}); run: fab provision --tags router")
 
