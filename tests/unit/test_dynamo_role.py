@@ -189,7 +189,7 @@ def frontend_argv(tmp_path_factory) -> list[str]:
 
 def test_frontend_argv_binds_the_cluster_address_with_the_kv_router(frontend_argv):
     assert flag(frontend_argv, "--http-host") == "10.77.0.21"
-    assert flag(frontend_argv, "--http-port") == "8100"
+    assert flag(frontend_argv, "--http-port") == "8300"
     assert flag(frontend_argv, "--router-mode") == "kv"
     assert "--router-kv-events" in frontend_argv
     assert flag(frontend_argv, "--discovery-backend") == "etcd"
@@ -211,7 +211,7 @@ def test_frontend_argv_accepted_by_dynamos_own_parser(frontend_argv):
     assert proc.returncode == 0, proc.stderr[-3000:]
     parsed = json.loads(proc.stdout)
     assert (
-        parsed["router_mode"] == "kv" and parsed["http_host"] == "10.77.0.21" and parsed["http_port"] == 8100
+        parsed["router_mode"] == "kv" and parsed["http_host"] == "10.77.0.21" and parsed["http_port"] == 8300
     )
     bad = subprocess.run(
         [str(FRONTEND_PY), str(DYNAMO_ARGS), "--frontend", "--", *frontend_argv, "--no-such-flag"],
