@@ -20,7 +20,10 @@ One run, in ``results/<run id>/``:
    Kvrocks tuning profile on disk and tmpfs (:mod:`kvstack.datapath`).
 6. **Routing** (:mod:`kvstack.routing`): the multi-round workload through the router, 1 node vs
    2 nodes and round-robin vs cache-aware, with per-node requests and hit rates.
-7. **Targets** of the issues, met or missed, then ``report.md`` and plots (:mod:`kvstack.report`).
+7. **Dynamo** (:mod:`kvstack.dynamo_bench`, ``--dynamo``, off by default): the same kind of
+   workload through NVIDIA Dynamo's frontend and KV router, with and without LMCache attached to
+   its vLLM workers, on one and two workers; Dynamo goes back to the inventory's state after.
+8. **Targets** of the issues, met or missed, then ``report.md`` and plots (:mod:`kvstack.report`).
 
 ``results.json`` is rewritten after every step: an interrupted or failed run keeps what it
 measured, and its report lists what is missing. The serving nodes go back to the inventory's tier
@@ -41,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvstack import REPO, datapath, provision, report, rocksbench, routing
+from kvstack import REPO, datapath, dynamo_bench, provision, report, rocksbench, routing
 from kvstack import metrics as m
 from kvstack.loadgen import LoadConfig, log_progress, run
 from kvstack.log import brief, progress
@@ -151,6 +154,10 @@ class BenchOptions:
     #: routing runs' working set / ONE node's vLLM KV space: above 1 (one node's cache cannot hold
     #: it), below the number of nodes (locality-preserving routing lets the nodes' caches split it)
     routing_kv_ratio: float | None = None
+    #: the Dynamo step (needs the dynamo_frontend / dynamo_worker groups; turns Dynamo on for it)
+    dynamo: bool = False
+    #: the tier-profile matrix (off: only the other steps, e.g. ``--no-matrix --dynamo``)
+    matrix: bool = True
     switch: bool = True
     #: Ansible variables applied with every profile switch (tuning: ``lmcache_kv_workers=4``)
     extra_vars: dict[str, str] = field(default_factory=dict)
@@ -247,9 +254,9 @@ def validate(o: BenchOptions) -> list[Load]:
         raise BenchError(
             "--no-switch runs the profile the nodes have: give one --profiles entry and --no-probe"
         )
-    if o.routing and o.preset("routing_kv_ratio") <= 0:
+    if (o.routing or o.dynamo) and o.preset("routing_kv_ratio") <= 0:
         raise BenchError(f"--routing-kv-ratio: must be > 0, got {o.routing_kv_ratio}")
-    if o.routing and Load.parse(o.preset("routing_load"), "--routing-load").mode != "closed":
+    if (o.routing or o.dynamo) and Load.parse(o.preset("routing_load"), "--routing-load").mode != "closed":
         raise BenchError(f"--routing-load: {o.preset('routing_load')!r} must be a closed loop (cN)")
     if o.rocksdb and not o.rocksdb_dir.is_dir():
         raise BenchError(f"--rocksdb-dir: {o.rocksdb_dir} is not a directory")
@@ -608,6 +615,11 @@ def run_bench(o: BenchOptions) -> Path:
     """Run the bench per *o*; returns the results directory (also on failure, with what it has)."""
     loads = validate(o)
     ep = fetch_endpoints(o.inventory)
+    if o.dynamo and not (ep.dynamo.get("frontend") and ep.dynamo.get("workers")):
+        raise BenchError(
+            "--dynamo: the inventory needs a host in group dynamo_frontend and one or more in "
+            "dynamo_worker (see inventory/lab/hosts.yml)"
+        )
     node = o.node or next(iter(ep.serving))
     if node not in ep.serving:
         raise BenchError(f"--node: {node} is not in group serving ({', '.join(ep.serving)})")
@@ -673,7 +685,7 @@ def run_bench(o: BenchOptions) -> Path:
             f"{sample.working_set_tokens:,} tokens = {ratio:.1f}x vLLM's KV space"
         )
         current: Cell | None = None
-        for i, (rep, cell) in enumerate(plan):
+        for i, (rep, cell) in enumerate(plan if o.matrix else []):
             if o.switch and cell != current:
                 res.data.setdefault("switch_s", []).append(round(switch(o, [node], cell, log), 1))
                 switched = True
@@ -799,6 +811,43 @@ def run_bench(o: BenchOptions) -> Path:
                     save,
                 )
                 res.data["missing"] += res.data["routing"]["missing"]
+                res.save()
+        if o.dynamo:
+            with _step(res, "dynamo"):
+                if switched:  # the workers attach to LMCache as the inventory's profile has it
+                    switch(o, [node], None, log)
+                    switched = False
+                dl = Load.parse(o.preset("routing_load"))
+
+                def dyn_lc(url: str, model: str, i: int) -> LoadConfig:
+                    return LoadConfig(
+                        url,
+                        model,
+                        concurrency=int(dl.value),
+                        interleave=True,
+                        seed=salt + 70_000 + i,
+                        max_seconds=o.max_seconds,
+                    )
+
+                def dyn_save(result: dict[str, Any]) -> None:
+                    res.data["dynamo"] = result
+                    res.save()
+
+                res.data["dynamo"] = dynamo_bench.run_dynamo(
+                    o.inventory,
+                    ep,
+                    lambda i: (
+                        build_workload(
+                            o, tok, kv_tokens, salt + 80_000 + i, o.preset("routing_kv_ratio")
+                        ).conversations
+                    ),
+                    dyn_lc,
+                    res.dir / "runs",
+                    log,
+                    slo,
+                    dyn_save,
+                )
+                res.data["missing"] += res.data["dynamo"]["missing"]
                 res.save()
         res.data["interrupted"] = False
     except BaseException as e:

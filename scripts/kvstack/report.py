@@ -313,12 +313,9 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
-def _routing_tables(results: dict[str, Any]) -> dict[str, Any] | None:
-    """Routing runs: latency and throughput per configuration, requests and hit rates per node."""
-    routing = results.get("routing") or {}
-    runs = routing.get("runs") or []
-    if not runs:
-        return None
+def _config_tables(runs: list[dict[str, Any]], per: str) -> tuple[list[list[str]], list[list[str]]]:
+    """Runs of one configuration each (routing, Dynamo): latency and throughput per configuration,
+    and requests and hit rates per node (``runs[i][per]``: node -> figures)."""
     summary, nodes = [], []
     for r in runs:
         s = r["summary"]
@@ -327,12 +324,39 @@ def _routing_tables(results: dict[str, Any]) -> dict[str, Any] | None:
             + [fmt(_ms(s["ttft"][q]), 0) for q in PERCENTILES]
             + [fmt(_ms(s["itl"]["p50"]), 1), fmt(s["e2e"]["p95"], 2)]
         )
-        for node, d in r["per_node"].items():
+        for node, d in r[per].items():
             nodes.append(
                 [r["config"], node, str(d["requests"]), f"{d['prompt_tokens']:,}"]
                 + [_pct(d[k]) for k in ("vllm_hit_rate", "lmcache_hit_rate", "hit_rate")]
             )
+    return summary, nodes
+
+
+def _routing_tables(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Routing runs: per configuration and per serving node."""
+    routing = results.get("routing") or {}
+    runs = routing.get("runs") or []
+    if not runs:
+        return None
+    summary, nodes = _config_tables(runs, "per_node")
     return {"router": routing.get("router", ""), "summary": summary, "nodes": nodes}
+
+
+def _dynamo_tables(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Dynamo runs: per configuration and per worker, and the ratios measured between them."""
+    dyn = results.get("dynamo") or {}
+    runs = dyn.get("runs") or []
+    if not runs:
+        return None
+    summary, workers = _config_tables(runs, "per_worker")
+    ratios = [[k, "-" if v is None else f"{v:.2f}x"] for k, v in (dyn.get("comparisons") or {}).items()]
+    return {
+        "frontend": dyn.get("frontend", ""),
+        "router_mode": dyn.get("router_mode", ""),
+        "summary": summary,
+        "workers": workers,
+        "ratios": ratios,
+    }
 
 
 def context(results: dict[str, Any], images: dict[str, str] | None = None) -> dict[str, Any]:
@@ -358,6 +382,7 @@ def context(results: dict[str, Any], images: dict[str, str] | None = None) -> di
         "probe": _probe_table(results),
         "probes": _probes_table(results),
         "routing": _routing_tables(results),
+        "dynamo": _dynamo_tables(results),
         "targets": [evaluate_target(t) for t in results.get("targets", [])],
         "missing": missing,
         "images": images,
@@ -540,6 +565,18 @@ def plot_rocksdb(results: dict[str, Any], path: Path) -> bool:
 def plot_routing(results: dict[str, Any], path: Path) -> bool:
     """Routing: TTFT P50/P95/P99 per configuration, and hit rate per node and configuration."""
     runs = (results.get("routing") or {}).get("runs") or []
+    return _plot_configs(runs, "per_node", "TTFT through the router", "hit rate per serving node", path)
+
+
+def plot_dynamo(results: dict[str, Any], path: Path) -> bool:
+    """Dynamo: TTFT P50/P95/P99 per configuration, and hit rate per worker and configuration."""
+    runs = (results.get("dynamo") or {}).get("runs") or []
+    return _plot_configs(runs, "per_worker", "TTFT through Dynamo's frontend", "hit rate per worker", path)
+
+
+def _plot_configs(runs: list[dict[str, Any]], per: str, title1: str, title2: str, path: Path) -> bool:
+    """TTFT percentiles per configuration (left) and, per node, the share of prompt tokens from
+    vLLM's own cache and from LMCache (right, stacked)."""
     if not runs:
         return False
     plt = _pyplot()
@@ -551,14 +588,14 @@ def plot_routing(results: dict[str, Any], path: Path) -> bool:
         ax1.bar([j + (i - 1) * width for j in range(len(runs))], ys, width, label=q.upper())
     ax1.set_xticks(range(len(runs)), configs, fontsize=8)
     ax1.set_ylabel("ms")
-    ax1.set_title("TTFT through the router")
+    ax1.set_title(title1)
     ax1.legend(fontsize=8)
-    nodes = list(dict.fromkeys(n for r in runs for n in r["per_node"]))
+    nodes = list(dict.fromkeys(n for r in runs for n in r[per]))
     width = 0.8 / max(len(nodes), 1)
     for i, node in enumerate(nodes):
-        per = [r["per_node"].get(node) or {} for r in runs]
-        own = [100 * (d.get("vllm_hit_rate") or 0) for d in per]
-        lm = [100 * (d.get("lmcache_hit_rate") or 0) for d in per]
+        stats = [r[per].get(node) or {} for r in runs]
+        own = [100 * (d.get("vllm_hit_rate") or 0) for d in stats]
+        lm = [100 * (d.get("lmcache_hit_rate") or 0) for d in stats]
         xs = [j + (i - (len(nodes) - 1) / 2) * width for j in range(len(runs))]
         bars = ax2.bar(xs, own, width, label=f"{node}: vLLM's own cache")
         top = ax2.bar(
@@ -574,7 +611,7 @@ def plot_routing(results: dict[str, Any], path: Path) -> bool:
         ax2.bar_label(top, [f"{a:.0f}+{b:.0f}%" for a, b in zip(own, lm, strict=True)], fontsize=7)
     ax2.set_xticks(range(len(runs)), configs, fontsize=8)
     ax2.set_ylabel("% of prompt tokens from a cache")
-    ax2.set_title("hit rate per serving node: vLLM's own cache + LMCache")
+    ax2.set_title(f"{title2}: vLLM's own cache + LMCache")
     ax2.set_ylim(0, 135)
     ax2.legend(fontsize=7, loc="upper left", ncol=2)
     _save(plt, fig, path)
@@ -596,6 +633,8 @@ def write_plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
         images["rocksdb"] = "rocksdb.png"
     if plot_routing(results, outdir / "routing.png"):
         images["routing"] = "routing.png"
+    if plot_dynamo(results, outdir / "dynamo.png"):
+        images["dynamo"] = "dynamo.png"
     return images
 
 

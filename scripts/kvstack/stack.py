@@ -38,6 +38,8 @@ class Endpoints:
     kv: list[str]
     #: router host -> url, metrics_url, policy, backends (URLs), backend_hosts
     router: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: frontend: host -> url, router_mode, ...; workers: host -> health_url, metrics_url, model, ...
+    dynamo: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def vllm(self, node: str) -> dict[str, Any]:
         """The first vLLM instance of *node*."""
@@ -51,15 +53,17 @@ class Endpoints:
         return self.serving[node]["lmcache"]
 
 
-def fetch_endpoints(inventory: Path | None) -> Endpoints:
-    """Run ``playbooks/bench-endpoints.yml`` into a root-only temporary file, read it, delete it."""
+def fetch_endpoints(inventory: Path | None, extra_vars: dict[str, Any] | None = None) -> Endpoints:
+    """Run ``playbooks/bench-endpoints.yml`` into a root-only temporary file, read it, delete it.
+
+    *extra_vars* go to the playbook as well (e.g. ``dynamo_enabled``: where Dynamo would listen)."""
     fd, path = tempfile.mkstemp(prefix="kvstack-endpoints-", suffix=".json")
     os.close(fd)
     try:
         provision.playbook(
             "playbooks/bench-endpoints.yml",
             inventory=inventory,
-            extra_vars={"bench_endpoints_file": path},
+            extra_vars={**(extra_vars or {}), "bench_endpoints_file": path},
             capture=True,
             echo=False,
         )
@@ -73,6 +77,7 @@ def fetch_endpoints(inventory: Path | None) -> Endpoints:
         serving=data["serving"],
         kv=list(data.get("kv") or []),
         router=data.get("router") or {},
+        dynamo=data.get("dynamo") or {},
     )
 
 

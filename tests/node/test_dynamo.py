@@ -1,4 +1,4 @@
-"""Node checks for the `dynamo` groups (etcd, the frontend with its router, vLLM workers).
+"""Node checks for the `dynamo` groups (etcd, NATS, the frontend with its router, vLLM workers).
 
 Each check runs on the hosts of its own group and skips where Dynamo is off
 (``dynamo_enabled`` false: the lab's default; ``--set dynamo_enabled=true`` after a run of
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 
 import pytest
 
@@ -48,6 +49,47 @@ def test_etcd_healthy_on_cluster_address(host, dynamo, expected, cluster_address
     _listens_on_cluster_address_only(host, cluster_address, port)
     health = json.loads(_get(host, f"http://{cluster_address}:{port}/health"))
     assert health["health"] == "true"
+
+
+def _nats_greeting(address: str, port: int, connect: dict) -> str:
+    """NATS protocol from this controller: INFO, CONNECT, PING; the server's next line."""
+    with socket.create_connection((address, port), timeout=10) as s:
+        f = s.makefile("rwb")
+        assert f.readline().startswith(b"INFO "), "no NATS INFO greeting"
+        f.write(b"CONNECT " + json.dumps({"verbose": False, **connect}).encode() + b"\r\nPING\r\n")
+        f.flush()
+        return f.readline().decode().strip()
+
+
+def test_nats_healthy_on_cluster_address(host, dynamo, expected, cluster_address):
+    _only(dynamo, "dynamo_nats")
+    svc = host.service("nats-server")
+    assert svc.is_running and svc.is_enabled
+    port = int(expected("nats", "nats_port"))
+    _listens_on_cluster_address_only(host, cluster_address, port)
+    monitor = int(expected("nats", "nats_monitor_port"))
+    assert host.socket(f"tcp://127.0.0.1:{monitor}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{monitor}").is_listening
+    assert json.loads(_get(host, f"http://127.0.0.1:{monitor}/healthz"))["status"] == "ok"
+    conf = host.file("/etc/nats-server.conf")
+    assert conf.mode & 0o007 == 0, oct(conf.mode)
+
+
+def test_nats_refuses_clients_without_the_password(dynamo, expected, cluster_address, hostvars):
+    _only(dynamo, "dynamo_nats")
+    port = int(expected("nats", "nats_port"))
+    assert "Authorization Violation" in _nats_greeting(cluster_address, port, {})
+    wrong = {"user": expected("nats", "nats_user"), "pass": "not-the-password"}
+    assert "Authorization Violation" in _nats_greeting(cluster_address, port, wrong)
+
+
+def test_nats_carries_dynamos_clients(host, dynamo, expected):
+    """The frontend and every worker hold a NATS connection (the event plane is in use)."""
+    _only(dynamo, "dynamo_nats")
+    monitor = int(expected("nats", "nats_monitor_port"))
+    connz = json.loads(_get(host, f"http://127.0.0.1:{monitor}/connz"))
+    workers = host.ansible.get_variables()["groups"].get("dynamo_worker", [])
+    assert connz["num_connections"] >= 1 + len(workers), connz
 
 
 def test_frontend_serves_on_cluster_address(host, dynamo, expected, cluster_address):
@@ -95,6 +137,56 @@ def test_worker_lmcache_follows_the_tier_profile(host, dynamo, hostvars):
         assert "LMCacheMPConnector" not in unit
     else:
         assert "LMCacheMPConnector" in unit and "PartOf=lmcache.service" in unit
+
+
+def _unit_command(host, unit: str) -> tuple[str, list[str], dict[str, str]]:
+    """(python, arguments after ``-m dynamo.X``, Environment= settings) of an installed unit."""
+    text = host.file(f"/etc/systemd/system/{unit}").content_string
+    env = dict(
+        line.removeprefix("Environment=").split("=", 1)
+        for line in text.splitlines()
+        if line.startswith("Environment=")
+    )
+    line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+    argv = shlex.split(line.removeprefix("ExecStart=").replace("$$", "$").replace("%%", "%"))
+    assert argv[1:2] == ["-m"], argv[:3]
+    return argv[0], argv[3:], env
+
+
+def _parse_on_node(host, python: str, args: list[str], env: dict[str, str], frontend: bool = False):
+    """Dynamo's own parser (kvstack.dynamo_args, installed by the roles) on the node."""
+    keep = {k: v for k, v in env.items() if k in ("PYTHONPATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    cmd = ["env", *(f"{k}={v}" for k, v in keep.items()), python, "/opt/kvstack/tools/dynamo_args.py"]
+    cmd += ["--frontend"] if frontend else []
+    return host.run(" ".join(shlex.quote(c) for c in [*cmd, "--", *args]))
+
+
+def test_worker_unit_accepted_by_dynamos_own_parser(host, dynamo, hostvars):
+    """The installed worker's exact command line goes through dynamo.vllm's parse_args (Dynamo's
+    and vLLM's flags, no engine), and the parser refuses what Dynamo's vLLM backend refuses."""
+    _only(dynamo, "dynamo_worker")
+    python, args, env = _unit_command(host, "dynamo-worker.service")
+    out = _parse_on_node(host, python, args, env)
+    assert out.rc == 0, out.stderr[-3000:]
+    parsed = json.loads(out.stdout)
+    lmcache = "--kv-transfer-config" in args
+    assert parsed["kv_connector"] == ("LMCacheMPConnector" if lmcache else None)
+    assert parsed["enable_prefix_caching"] is True
+    assert parsed["event_plane"] == hostvars.get("dynamo_event_plane", "nats")
+    bad = _parse_on_node(host, python, [*args, "--connector", "lmcache"], env)
+    assert bad.rc != 0 and "connector" in bad.stderr
+
+
+def test_frontend_unit_accepted_by_dynamos_own_parser(host, dynamo, expected):
+    _only(dynamo, "dynamo_frontend")
+    python, args, env = _unit_command(host, "dynamo-frontend.service")
+    out = _parse_on_node(host, python, args, env, frontend=True)
+    assert out.rc == 0, out.stderr[-3000:]
+    parsed = json.loads(out.stdout)
+    assert parsed["router_mode"] == expected("dynamo_frontend", "dynamo_frontend_router_mode")
+    assert parsed["http_port"] == int(expected("dynamo_frontend", "dynamo_frontend_port"))
+    bad = _parse_on_node(host, python, [*args, "--no-such-flag"], env, frontend=True)
+    assert bad.rc != 0 and "--no-such-flag" in bad.stderr
 
 
 def test_units_pass_systemd_analyze_verify(host, dynamo):

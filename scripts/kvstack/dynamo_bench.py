@@ -1,0 +1,276 @@
+"""Dynamo bench: the multi-round workload through NVIDIA Dynamo's frontend (its KV router), with
+and without LMCache attached to the workers, on one and on two workers.
+
+Each configuration is applied through ``site.yml --tags dynamo,firewall`` (the provisioning code
+path: ``dynamo_enabled`` on, ``dynamo_worker_lmcache`` per configuration, the worker stopped on
+the nodes a configuration leaves out), then the frontend is polled until it lists exactly that
+many workers, and a fresh multi-round QA run (its own text, nothing any cache has seen) is sent
+to the frontend's URL while every worker's metrics (vLLM's own counters, served by Dynamo's
+status server), the LMCache servers and the KV server are read before and after. At the end the
+Dynamo nodes go back to what the inventory says (off, unless ``dynamo_enabled`` is set there).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kvstack import metrics as m
+from kvstack import provision
+from kvstack.loadgen import LoadConfig, log_progress, run
+from kvstack.log import progress
+from kvstack.stack import Endpoints, StackError, fetch_endpoints, lmcache_source
+from kvstack.stats import SLO, summarize, write_jsonl
+
+#: Configurations in run order (each differs from the one before by one worker's restart):
+#: label -> (number of workers, LMCache attached).
+CONFIGS: dict[str, tuple[int, bool]] = {
+    "dynamo+lmcache 2 workers": (2, True),
+    "dynamo+lmcache 1 worker": (1, True),
+    "dynamo 1 worker": (1, False),
+    "dynamo 2 workers": (2, False),
+}
+TAGS = "dynamo,firewall"
+SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
+
+
+def frontend_of(ep: Endpoints) -> tuple[str, dict[str, Any]]:
+    """The inventory's (first) Dynamo frontend as (host, endpoint); a clear error when none."""
+    if not ep.dynamo.get("frontend"):
+        raise StackError("the inventory has no host in group dynamo_frontend: the Dynamo bench needs one")
+    host, info = next(iter(ep.dynamo["frontend"].items()))
+    if not info.get("url"):
+        raise StackError(f"{host}: the Dynamo frontend is off (dynamo_enabled false)")
+    return host, info
+
+
+def apply(
+    inventory: Path | None, workers: list[str], on: list[str], lmcache: bool | None, log: Path
+) -> float:
+    """Dynamo on, the worker on *on* (LMCache per *lmcache*; None: the inventory's) and off on
+    the other *workers*; returns seconds."""
+    t0 = time.monotonic()
+    off = [w for w in workers if w not in on]
+    what = "inventory's" if lmcache is None else ("on" if lmcache else "off")
+    progress(f"dynamo: workers on {', '.join(on)}, LMCache {what} (site.yml --tags {TAGS})")
+    base: dict[str, Any] = {"dynamo_enabled": True}
+    if lmcache is not None:
+        base["dynamo_worker_lmcache"] = lmcache
+    # Control plane, frontend and the workers that run; then the workers that do not.
+    runs = [(None if not off else f"all:!{','.join(off)}", base)]
+    if off:
+        runs.append((",".join(off), {**base, "dynamo_worker_enabled": False}))
+    for limit, extra in runs:
+        out = provision.playbook_logged(
+            "site.yml",
+            log,
+            f"dynamo {extra}" + (f" on {limit}" if limit else ""),
+            inventory=inventory,
+            limit=limit,
+            tags=TAGS,
+            extra_args=["-e", json.dumps(extra)],
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"site.yml --tags {TAGS} failed (rc {out.returncode}); see {log}")
+    return time.monotonic() - t0
+
+
+def restore(inventory: Path | None, log: Path) -> None:
+    """Dynamo back to what the inventory says (off unless its dynamo_enabled is true)."""
+    out = provision.playbook_logged(
+        "site.yml", log, "dynamo back to the inventory's settings", inventory=inventory, tags=TAGS
+    )
+    if out.returncode != 0:
+        progress(f"could not restore Dynamo (rc {out.returncode}); run: fab provision --tags {TAGS}")
+
+
+def frontend_workers(url: str) -> int:
+    """Worker instances the frontend's ``/health`` lists (``instances``; 0 when it does not answer)."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as r:
+            doc = json.loads(r.read())
+    except (OSError, ValueError):
+        return 0
+    instances = doc.get("instances") or []
+    return len({(i.get("instance_id"), i.get("endpoint")) for i in instances if _generate(i)})
+
+
+def _generate(instance: dict[str, Any]) -> bool:
+    """An instance of a worker's generate endpoint (the frontend also lists other endpoints)."""
+    return "generate" in str(instance.get("endpoint", "generate"))
+
+
+def wait_workers(url: str, n: int, model: str, timeout_s: float = 600) -> None:
+    """Wait until the frontend lists exactly *n* workers and answers a completion for *model*."""
+    deadline = time.monotonic() + timeout_s
+    seen = -1
+    while True:
+        seen = frontend_workers(url)
+        if seen == n and _completes(url, model):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Dynamo frontend {url}: {seen} of {n} workers after {timeout_s:.0f} s")
+        time.sleep(3)
+
+
+def _completes(url: str, model: str) -> bool:
+    body = json.dumps({"model": model, "prompt": "ready?", "max_tokens": 1}).encode()
+    req = urllib.request.Request(
+        url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def per_worker(deltas: dict[str, dict[str, float]], nodes: list[str]) -> dict[str, dict[str, Any]]:
+    """Per worker node: requests it finished and where its prompt tokens came from (vLLM's
+    ``prompt_tokens_by_source``: its own prefix cache, LMCache, or computed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        d = deltas.get(f"dynamo@{node}", {})
+        src = {s: m.total(d, "vllm:prompt_tokens_by_source_total", source=s) for s in SOURCES}
+        total = sum(src.values())
+        out[node] = {
+            "requests": int(m.total(d, "vllm:request_success_total")),
+            "prompt_tokens": int(total),
+            "vllm_hit_rate": src["local_cache_hit"] / total if total else None,
+            "lmcache_hit_rate": src["external_kv_transfer"] / total if total else None,
+            "hit_rate": (src["local_cache_hit"] + src["external_kv_transfer"]) / total if total else None,
+        }
+    return out
+
+
+def sources_for(ep: Endpoints, nodes: list[str], lmcache: bool) -> list[m.Source]:
+    """Each worker's metrics, its node's LMCache server (*lmcache*) and the KV server."""
+    out = []
+    for node in nodes:
+        url = ep.dynamo["workers"][node]["metrics_url"]
+        out.append(m.Source(f"dynamo@{node}", "vllm", lambda u=url: m.scrape(u, ("vllm:", "dynamo_"))))
+        if lmcache:
+            out.append(lmcache_source(ep, node))
+    return out
+
+
+def run_config(
+    label: str,
+    conversations: list,
+    lc: LoadConfig,
+    ep: Endpoints,
+    nodes: list[str],
+    out_dir: Path,
+    slo: SLO,
+) -> dict[str, Any]:
+    """One measured run through the frontend; returns its entry for results.json."""
+    n, lmcache = CONFIGS[label]
+    sources = sources_for(ep, nodes, lmcache)
+    before = m.snapshot_all(sources)
+    res = run(conversations, lc, log_progress(f"dynamo {label}", every=max(10, len(conversations))))
+    deltas, errors = m.deltas_between(before, m.snapshot_all(sources))
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+    write_jsonl(res.records, out_dir / f"dynamo__{stem}.jsonl")
+    (out_dir / f"dynamo__{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
+    workers = per_worker(deltas, nodes)
+    summary = summarize(res.records, slo=slo, wall_time_s=res.wall_time_s).to_dict()
+    lm_hits = sum(
+        m.total(deltas.get(f"lmcache@{node}", {}), "lmcache_mp_lookup_hit_tokens_total") for node in nodes
+    )
+    entry = {
+        "config": label,
+        "workers": n,
+        "worker_hosts": nodes,
+        "lmcache": lmcache,
+        "file": f"runs/dynamo__{stem}.jsonl",
+        "summary": summary,
+        "per_worker": workers,
+        "lmcache_hit_tokens": int(lm_hits),
+        "counter_errors": errors,
+    }
+    p95 = summary["ttft"]["p95"]
+    progress(
+        f"dynamo {label}: {summary['total_tokens_per_s']:.0f} tok/s, TTFT P95 "
+        f"{1000 * (p95 or 0):.0f} ms, failed {summary['failed']}; "
+        + ", ".join(
+            f"{w} {d['requests']} req hit {100 * (d['hit_rate'] or 0):.0f}%" for w, d in workers.items()
+        )
+    )
+    return entry
+
+
+def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ratios measured in this run: LMCache attached vs not (same workers), two workers vs one."""
+    by = {r["config"]: r["summary"] for r in runs}
+
+    def ratio(a: str, b: str, key: str) -> float | None:
+        if a not in by or b not in by:
+            return None
+        x, y = _metric(by[a], key), _metric(by[b], key)
+        return x / y if x and y else None
+
+    out: dict[str, Any] = {}
+    for n in ("1 worker", "2 workers"):
+        out[f"lmcache TTFT P95 speed-up ({n})"] = ratio(f"dynamo {n}", f"dynamo+lmcache {n}", "ttft.p95")
+        out[f"lmcache tokens/s gain ({n})"] = ratio(f"dynamo+lmcache {n}", f"dynamo {n}", "tps")
+    for kind in ("dynamo", "dynamo+lmcache"):
+        out[f"2 vs 1 worker tokens/s ({kind})"] = ratio(f"{kind} 2 workers", f"{kind} 1 worker", "tps")
+    return out
+
+
+def _metric(summary: dict[str, Any], key: str) -> float | None:
+    if key == "tps":
+        return summary.get("total_tokens_per_s")
+    group, q = key.split(".")
+    return (summary.get(group) or {}).get(q)
+
+
+def run_dynamo(
+    inventory: Path | None,
+    ep: Endpoints,
+    conversations_for,
+    lc_for,
+    out_dir: Path,
+    log: Path,
+    slo: SLO,
+    save,
+) -> dict[str, Any]:
+    """Every configuration of :data:`CONFIGS` the inventory allows, in order, then Dynamo back to
+    the inventory's settings.
+
+    *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, model, i)* its load
+    config; *save(result)* is called after each run (results survive an interruption).
+    """
+    workers = list(ep.dynamo.get("workers") or {})
+    if not ep.dynamo.get("frontend") or not workers:
+        raise StackError(
+            "the inventory needs a host in group dynamo_frontend and at least one in dynamo_worker "
+            "for the Dynamo bench"
+        )
+    result: dict[str, Any] = {"runs": [], "missing": [], "switch_s": []}
+    try:
+        for i, (label, (n, lmcache)) in enumerate(CONFIGS.items()):
+            if n > len(workers):
+                result["missing"].append(f"dynamo {label}: the inventory has {len(workers)} worker node(s)")
+                continue
+            on = workers[:n]
+            result["switch_s"].append(round(apply(inventory, workers, on, lmcache, log), 1))
+            # Addresses as the roles say with Dynamo on (the inventory may have it off).
+            ep_on = fetch_endpoints(inventory, {"dynamo_enabled": True})
+            host, front = frontend_of(ep_on)
+            model = ep_on.dynamo["workers"][on[0]]["model"]
+            result.update(frontend=front["url"], router_mode=front["router_mode"], frontend_host=host)
+            wait_workers(front["url"], n, model)
+            entry = run_config(
+                label, conversations_for(i), lc_for(front["url"], model, i), ep_on, on, out_dir, slo
+            )
+            result["runs"].append(entry)
+            result["comparisons"] = comparisons(result["runs"])
+            save(result)
+    finally:
+        restore(inventory, log)
+    return result
