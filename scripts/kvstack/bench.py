@@ -637,9 +637,9 @@ def run_bench(o: BenchOptions) -> Path:
         machine=machine(),
         options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()},
         plan={
-            "profiles": [c.label for c in cs],
-            "loads": [x.label for x in loads],
-            "order": [f"r{r}:{c.label}" for r, c in plan],
+            "profiles": [c.label for c in cs] if o.matrix else [],
+            "loads": [x.label for x in loads] if o.matrix else [],
+            "order": [f"r{r}:{c.label}" for r, c in plan] if o.matrix else [],
             "kv_datapath": o.datapath,
             "probe": o.probe,
             "node": node,
@@ -680,10 +680,11 @@ def run_bench(o: BenchOptions) -> Path:
             f"({kv_tokens * bpt / MiB:.0f} MiB), node {node}"
         )
         res.save()
-        progress(
-            f"workload {sample.name}: {sample.requests} requests per run, working set "
-            f"{sample.working_set_tokens:,} tokens = {ratio:.1f}x vLLM's KV space"
-        )
+        if o.matrix:
+            progress(
+                f"workload {sample.name}: {sample.requests} requests per run, working set "
+                f"{sample.working_set_tokens:,} tokens = {ratio:.1f}x vLLM's KV space"
+            )
         current: Cell | None = None
         for i, (rep, cell) in enumerate(plan if o.matrix else []):
             if o.switch and cell != current:

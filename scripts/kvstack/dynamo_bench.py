@@ -215,6 +215,7 @@ def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for n in ("1 worker", "2 workers"):
+        out[f"lmcache TTFT P50 speed-up ({n})"] = ratio(f"dynamo {n}", f"dynamo+lmcache {n}", "ttft.p50")
         out[f"lmcache TTFT P95 speed-up ({n})"] = ratio(f"dynamo {n}", f"dynamo+lmcache {n}", "ttft.p95")
         out[f"lmcache tokens/s gain ({n})"] = ratio(f"dynamo+lmcache {n}", f"dynamo {n}", "tps")
     for kind in ("dynamo", "dynamo+lmcache"):

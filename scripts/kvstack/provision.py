@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -48,7 +49,9 @@ def playbook(
     if tags:
         cmd += ["--tags", tags]
     for key, value in (extra_vars or {}).items():
-        cmd += ["-e", f"{key}={value}"]
+        # strings as key=value (Ansible's own parsing); anything else as JSON, so booleans and
+        # numbers keep their type
+        cmd += ["-e", f"{key}={value}" if isinstance(value, str) else json.dumps({key: value})]
     cmd += extra_args or []
     progress("running " + " ".join(cmd[1:]))
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -581,7 +582,7 @@ def _plot_configs(runs: list[dict[str, Any]], per: str, title1: str, title2: str
         return False
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    configs = [r["config"] for r in runs]
+    configs = [textwrap.fill(r["config"], 16) for r in runs]
     width = 0.8 / len(PERCENTILES)
     for i, q in enumerate(PERCENTILES):
         ys = [(r["summary"]["ttft"][q] or 0) * 1000 for r in runs]
@@ -608,7 +609,10 @@ def _plot_configs(runs: list[dict[str, Any]], per: str, title1: str, title2: str
             hatch="//",
             label=f"{node}: LMCache",
         )
-        ax2.bar_label(top, [f"{a:.0f}+{b:.0f}%" for a, b in zip(own, lm, strict=True)], fontsize=7)
+        labels = [
+            f"{a:.0f}+{b:.0f}%" if node in r[per] else "" for a, b, r in zip(own, lm, runs, strict=True)
+        ]
+        ax2.bar_label(top, labels, fontsize=7)
     ax2.set_xticks(range(len(runs)), configs, fontsize=8)
     ax2.set_ylabel("% of prompt tokens from a cache")
     ax2.set_title(f"{title2}: vLLM's own cache + LMCache")

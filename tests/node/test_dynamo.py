@@ -92,7 +92,12 @@ def test_nats_carries_dynamos_clients(host, dynamo, expected):
     assert connz["num_connections"] >= 1 + len(workers), connz
 
 
-def test_frontend_serves_on_cluster_address(host, dynamo, expected, cluster_address):
+def _router_mode(hostvars) -> str:
+    """The router mode the inventory asks for (the role's default follows dynamo_router_mode)."""
+    return hostvars.get("dynamo_frontend_router_mode", hostvars.get("dynamo_router_mode", "kv"))
+
+
+def test_frontend_serves_on_cluster_address(host, dynamo, expected, hostvars, cluster_address):
     _only(dynamo, "dynamo_frontend")
     svc = host.service("dynamo-frontend")
     assert svc.is_running and svc.is_enabled
@@ -100,16 +105,17 @@ def test_frontend_serves_on_cluster_address(host, dynamo, expected, cluster_addr
     _listens_on_cluster_address_only(host, cluster_address, port)
     assert json.loads(_get(host, f"http://{cluster_address}:{port}/health"))["status"] == "healthy"
     unit = host.file("/etc/systemd/system/dynamo-frontend.service").content_string
-    assert f"--router-mode {expected('dynamo_frontend', 'dynamo_frontend_router_mode')}" in unit
+    assert f"--router-mode {_router_mode(hostvars)}" in unit
 
 
 def test_frontend_lists_the_model_and_completes(host, dynamo, expected, cluster_address):
-    """Through the frontend and its router to a worker: the model is registered and answers."""
+    """Through the frontend and its router to a worker: the workers' model (their units' served
+    name) is the one model registered, and it answers."""
     _only(dynamo, "dynamo_frontend")
     url = f"http://{cluster_address}:{expected('dynamo_frontend', 'dynamo_frontend_port')}"
-    model = expected("vllm", "vllm_served_model_name")
     models = json.loads(_get(host, f"{url}/v1/models"))
-    assert model in [m["id"] for m in models["data"]], models
+    assert len(models["data"]) == 1, models
+    model = models["data"][0]["id"]
     body = {
         "model": model,
         "prompt": "The quick brown fox",
@@ -172,18 +178,19 @@ def test_worker_unit_accepted_by_dynamos_own_parser(host, dynamo, hostvars):
     lmcache = "--kv-transfer-config" in args
     assert parsed["kv_connector"] == ("LMCacheMPConnector" if lmcache else None)
     assert parsed["enable_prefix_caching"] is True
+    assert parsed["served_model_name"] == [hostvars.get("vllm_served_model_name", "model")]
     assert parsed["event_plane"] == hostvars.get("dynamo_event_plane", "nats")
     bad = _parse_on_node(host, python, [*args, "--connector", "lmcache"], env)
     assert bad.rc != 0 and "connector" in bad.stderr
 
 
-def test_frontend_unit_accepted_by_dynamos_own_parser(host, dynamo, expected):
+def test_frontend_unit_accepted_by_dynamos_own_parser(host, dynamo, expected, hostvars):
     _only(dynamo, "dynamo_frontend")
     python, args, env = _unit_command(host, "dynamo-frontend.service")
     out = _parse_on_node(host, python, args, env, frontend=True)
     assert out.rc == 0, out.stderr[-3000:]
     parsed = json.loads(out.stdout)
-    assert parsed["router_mode"] == expected("dynamo_frontend", "dynamo_frontend_router_mode")
+    assert parsed["router_mode"] == _router_mode(hostvars)
     assert parsed["http_port"] == int(expected("dynamo_frontend", "dynamo_frontend_port"))
     bad = _parse_on_node(host, python, [*args, "--no-such-flag"], env, frontend=True)
     assert bad.rc != 0 and "--no-such-flag" in bad.stderr
