@@ -775,81 +775,60 @@ def run_bench(o: BenchOptions) -> Path:
                 res.data["rocksdb"] = rd.get("rocksdb", [])
                 res.data["missing"] += rd.get("missing", [])
                 res.save()
-        if o.routing:
-            with _step(res, "routing"):
-                if switched:  # the serving nodes share one tier profile: the inventory's
-                    switch(o, [node], None, log)
-                    switched = False
-                rl = Load.parse(o.preset("routing_load"))
+        if o.routing or o.dynamo:
+            users = int(Load.parse(o.preset("routing_load")).value)
 
-                def lc_for(url: str, i: int) -> LoadConfig:
-                    return LoadConfig(
-                        url,
-                        vllm["model"],
-                        concurrency=int(rl.value),
-                        interleave=True,
-                        seed=salt + 50_000 + i,
-                        max_seconds=o.max_seconds,
-                        api_key=vllm.get("api_key") or None,
-                    )
+            def closed_loop(offset: int, api_key: str | None):
+                """Load configs of the routing and Dynamo runs: closed loop, own seed per run."""
 
-                def save(result: dict[str, Any]) -> None:
-                    res.data["routing"] = result
-                    res.save()
-
-                res.data["routing"] = routing.run_routing(
-                    o.inventory,
-                    ep,
-                    lambda i: (
-                        build_workload(
-                            o, tok, kv_tokens, salt + 60_000 + i, o.preset("routing_kv_ratio")
-                        ).conversations
-                    ),
-                    lc_for,
-                    res.dir / "runs",
-                    log,
-                    slo,
-                    save,
-                )
-                res.data["missing"] += res.data["routing"]["missing"]
-                res.save()
-        if o.dynamo:
-            with _step(res, "dynamo"):
-                if switched:  # the workers attach to LMCache as the inventory's profile has it
-                    switch(o, [node], None, log)
-                    switched = False
-                dl = Load.parse(o.preset("routing_load"))
-
-                def dyn_lc(url: str, model: str, i: int) -> LoadConfig:
+                def lc_for(url: str, model: str, i: int) -> LoadConfig:
                     return LoadConfig(
                         url,
                         model,
-                        concurrency=int(dl.value),
+                        concurrency=users,
                         interleave=True,
-                        seed=salt + 70_000 + i,
+                        seed=salt + offset + i,
                         max_seconds=o.max_seconds,
+                        api_key=api_key,
                     )
 
-                def dyn_save(result: dict[str, Any]) -> None:
-                    res.data["dynamo"] = result
+                return lc_for
+
+            def fresh(offset: int):
+                """Run i's conversations: text nothing has seen, sized like the routing runs."""
+                ratio = o.preset("routing_kv_ratio")
+                return lambda i: build_workload(o, tok, kv_tokens, salt + offset + i, ratio).conversations
+
+            def saver(key: str):
+                def save(result: dict[str, Any]) -> None:
+                    res.data[key] = result
                     res.save()
 
-                res.data["dynamo"] = dynamo_bench.run_dynamo(
-                    o.inventory,
-                    ep,
-                    lambda i: (
-                        build_workload(
-                            o, tok, kv_tokens, salt + 80_000 + i, o.preset("routing_kv_ratio")
-                        ).conversations
-                    ),
-                    dyn_lc,
-                    res.dir / "runs",
-                    log,
-                    slo,
-                    dyn_save,
-                )
-                res.data["missing"] += res.data["dynamo"]["missing"]
-                res.save()
+                return save
+
+            # both steps run with the serving nodes on the inventory's tier profile
+            for key, on, run_step, offset, api_key in (
+                ("routing", o.routing, routing.run_routing, 50_000, vllm.get("api_key") or None),
+                ("dynamo", o.dynamo, dynamo_bench.run_dynamo, 70_000, None),
+            ):
+                if not on:
+                    continue
+                with _step(res, key):
+                    if switched:
+                        switch(o, [node], None, log)
+                        switched = False
+                    res.data[key] = run_step(
+                        o.inventory,
+                        ep,
+                        fresh(offset + 10_000),
+                        closed_loop(offset, api_key),
+                        res.dir / "runs",
+                        log,
+                        slo,
+                        saver(key),
+                    )
+                    res.data["missing"] += res.data[key]["missing"]
+                    res.save()
         res.data["interrupted"] = False
     except BaseException as e:
         res.data["error"] = brief(e)

@@ -13,7 +13,6 @@ Dynamo nodes go back to what the inventory says (off, unless ``dynamo_enabled`` 
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.request
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Any
 
 from kvstack import metrics as m
 from kvstack import provision
-from kvstack.loadgen import LoadConfig, log_progress, run
+from kvstack.loadgen import LoadConfig
 from kvstack.log import progress
+from kvstack.routing import log_run, measured_run
 from kvstack.stack import Endpoints, StackError, fetch_endpoints, lmcache_source
-from kvstack.stats import SLO, summarize, write_jsonl
+from kvstack.stats import SLO
 
 #: Configurations in run order (each differs from the one before by one worker's restart):
 #: label -> (number of workers, LMCache attached).
@@ -35,7 +35,6 @@ CONFIGS: dict[str, tuple[int, bool]] = {
     "dynamo 2 workers": (2, False),
 }
 TAGS = "dynamo,firewall"
-SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
 
 
 def frontend_of(ep: Endpoints) -> tuple[str, dict[str, Any]]:
@@ -135,15 +134,7 @@ def per_worker(deltas: dict[str, dict[str, float]], nodes: list[str]) -> dict[st
     out: dict[str, dict[str, Any]] = {}
     for node in nodes:
         d = deltas.get(f"dynamo@{node}", {})
-        src = {s: m.total(d, "vllm:prompt_tokens_by_source_total", source=s) for s in SOURCES}
-        total = sum(src.values())
-        out[node] = {
-            "requests": int(m.total(d, "vllm:request_success_total")),
-            "prompt_tokens": int(total),
-            "vllm_hit_rate": src["local_cache_hit"] / total if total else None,
-            "lmcache_hit_rate": src["external_kv_transfer"] / total if total else None,
-            "hit_rate": (src["local_cache_hit"] + src["external_kv_transfer"]) / total if total else None,
-        }
+        out[node] = {"requests": int(m.total(d, "vllm:request_success_total")), **m.prompt_sources(d)}
     return out
 
 
@@ -170,37 +161,23 @@ def run_config(
     """One measured run through the frontend; returns its entry for results.json."""
     n, lmcache = CONFIGS[label]
     sources = sources_for(ep, nodes, lmcache)
-    before = m.snapshot_all(sources)
-    res = run(conversations, lc, log_progress(f"dynamo {label}", every=max(10, len(conversations))))
-    deltas, errors = m.deltas_between(before, m.snapshot_all(sources))
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
-    write_jsonl(res.records, out_dir / f"dynamo__{stem}.jsonl")
-    (out_dir / f"dynamo__{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
+    summary, deltas, errors, path = measured_run("dynamo", label, conversations, lc, sources, out_dir, slo)
     workers = per_worker(deltas, nodes)
-    summary = summarize(res.records, slo=slo, wall_time_s=res.wall_time_s).to_dict()
+    log_run("dynamo", label, summary, workers)
     lm_hits = sum(
         m.total(deltas.get(f"lmcache@{node}", {}), "lmcache_mp_lookup_hit_tokens_total") for node in nodes
     )
-    entry = {
+    return {
         "config": label,
         "workers": n,
         "worker_hosts": nodes,
         "lmcache": lmcache,
-        "file": f"runs/dynamo__{stem}.jsonl",
+        "file": path,
         "summary": summary,
         "per_worker": workers,
         "lmcache_hit_tokens": int(lm_hits),
         "counter_errors": errors,
     }
-    p95 = summary["ttft"]["p95"]
-    progress(
-        f"dynamo {label}: {summary['total_tokens_per_s']:.0f} tok/s, TTFT P95 "
-        f"{1000 * (p95 or 0):.0f} ms, failed {summary['failed']}; "
-        + ", ".join(
-            f"{w} {d['requests']} req hit {100 * (d['hit_rate'] or 0):.0f}%" for w, d in workers.items()
-        )
-    )
-    return entry
 
 
 def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -252,3 +252,20 @@ def deltas_between(
             continue
         out[name] = delta(prev, snap)  # type: ignore[arg-type]
     return out, errors
+
+
+PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
+
+
+def prompt_sources(d: dict[str, float]) -> dict[str, Any]:
+    """Where a vLLM engine's prompt tokens came from, from its deltas
+    (``vllm:prompt_tokens_by_source``): its own prefix cache, LMCache (an external KV transfer) or
+    computed, as shares of the prompt tokens (None without traffic)."""
+    src = {s: total(d, "vllm:prompt_tokens_by_source_total", source=s) for s in PROMPT_SOURCES}
+    n = sum(src.values())
+    return {
+        "prompt_tokens": int(n),
+        "vllm_hit_rate": src["local_cache_hit"] / n if n else None,
+        "lmcache_hit_rate": src["external_kv_transfer"] / n if n else None,
+        "hit_rate": (src["local_cache_hit"] + src["external_kv_transfer"]) / n if n else None,
+    }

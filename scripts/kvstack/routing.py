@@ -103,23 +103,43 @@ def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict
     routed = deltas.get("router", {})
     out: dict[str, dict[str, Any]] = {}
     for node, url in nodes.items():
-        v = deltas.get(f"vllm@{node}", {})
-        src = {
-            s: m.total(v, "vllm:prompt_tokens_by_source_total", source=s)
-            for s in ("local_compute", "local_cache_hit", "external_kv_transfer")
-        }
-        total = sum(src.values())
         requests = sum(
             val for k, val in routed.items() if k.startswith(ROUTER_COUNTER) and f'worker="{url}"' in k
         )
-        out[node] = {
-            "requests": int(requests),
-            "prompt_tokens": int(total),
-            "vllm_hit_rate": src["local_cache_hit"] / total if total else None,
-            "lmcache_hit_rate": src["external_kv_transfer"] / total if total else None,
-            "hit_rate": (src["local_cache_hit"] + src["external_kv_transfer"]) / total if total else None,
-        }
+        out[node] = {"requests": int(requests), **m.prompt_sources(deltas.get(f"vllm@{node}", {}))}
     return out
+
+
+def measured_run(
+    kind: str,
+    label: str,
+    conversations: list,
+    lc: LoadConfig,
+    sources: list[m.Source],
+    out_dir: Path,
+    slo: SLO,
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[str], str]:
+    """One run of *conversations* with *sources* read before and after; the requests go to
+    ``out_dir/<kind>__<label>.jsonl`` and the counter deltas beside them. Returns (summary,
+    deltas, counter errors, the JSONL's path relative to the results directory)."""
+    before = m.snapshot_all(sources)
+    res = run(conversations, lc, log_progress(f"{kind} {label}", every=max(10, len(conversations))))
+    deltas, errors = m.deltas_between(before, m.snapshot_all(sources))
+    stem = f"{kind}__{re.sub(r'[^A-Za-z0-9_.-]+', '-', label)}"
+    write_jsonl(res.records, out_dir / f"{stem}.jsonl")
+    (out_dir / f"{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
+    summary = summarize(res.records, slo=slo, wall_time_s=res.wall_time_s).to_dict()
+    return summary, deltas, errors, f"runs/{stem}.jsonl"
+
+
+def log_run(kind: str, label: str, summary: dict[str, Any], per: dict[str, dict[str, Any]]) -> None:
+    """One progress line: throughput, TTFT P95, failures, and requests and hit rate per node."""
+    p95 = summary["ttft"]["p95"]
+    progress(
+        f"{kind} {label}: {summary['total_tokens_per_s']:.0f} tok/s, TTFT P95 "
+        f"{1000 * (p95 or 0):.0f} ms, failed {summary['failed']}; "
+        + ", ".join(f"{n} {d['requests']} req hit {100 * (d['hit_rate'] or 0):.0f}%" for n, d in per.items())
+    )
 
 
 def run_config(
@@ -139,33 +159,19 @@ def run_config(
         reset_prefix_cache(v)
     sources, _ = metric_sources(ep, list(ep.serving), lmcache=True)
     sources.append(m.Source("router", "router", lambda: m.scrape(router.metrics_url, ("vllm_router_",))))
-    before = m.snapshot_all(sources)
-    res = run(conversations, lc, log_progress(f"routing {label}", every=max(10, len(conversations))))
-    deltas, errors = m.deltas_between(before, m.snapshot_all(sources))
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
-    write_jsonl(res.records, out_dir / f"routing__{stem}.jsonl")
-    (out_dir / f"routing__{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
+    summary, deltas, errors, path = measured_run("routing", label, conversations, lc, sources, out_dir, slo)
     nodes_seen = per_node(deltas, {n: vllms[n]["url"] for n in ep.serving})
-    summary = summarize(res.records, slo=slo, wall_time_s=res.wall_time_s).to_dict()
-    entry = {
+    log_run("routing", label, summary, nodes_seen)
+    return {
         "config": label,
         "nodes": len(nodes),
         "backend_hosts": nodes,
         "policy": CONFIGS[label][1],
-        "file": f"runs/routing__{stem}.jsonl",
+        "file": path,
         "summary": summary,
         "per_node": nodes_seen,
         "counter_errors": errors,
     }
-    p95 = summary["ttft"]["p95"]
-    progress(
-        f"routing {label}: {summary['total_tokens_per_s']:.0f} tok/s, TTFT P95 "
-        f"{1000 * (p95 or 0):.0f} ms, failed {summary['failed']}; "
-        + ", ".join(
-            f"{n} {d['requests']} req hit {100 * (d['hit_rate'] or 0):.0f}%" for n, d in nodes_seen.items()
-        )
-    )
-    return entry
 
 
 def target(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -218,7 +224,7 @@ def run_routing(
 ) -> dict[str, Any]:
     """Every configuration of :data:`CONFIGS` the inventory allows, in order.
 
-    *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, i)* its load
+    *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, model, i)* its load
     config; *save(result)* is called after each run (results survive an interruption).
     """
     router = router_of(ep)
@@ -232,9 +238,8 @@ def run_routing(
             nodes = serving[:n]
             result["switch_s"].append(round(apply(inventory, router, nodes, policy, log), 1))
             wait_backends(router, n)
-            entry = run_config(
-                label, conversations_for(i), lc_for(router.url, i), ep, router, nodes, out_dir, slo
-            )
+            lc = lc_for(router.url, ep.vllm(nodes[0])["model"], i)
+            entry = run_config(label, conversations_for(i), lc, ep, router, nodes, out_dir, slo)
             result["runs"].append(entry)
             result["target"] = target(result["runs"])
             save(result)

@@ -41,12 +41,17 @@ def _listens_on_cluster_address_only(host, cluster_address: str, port: int) -> N
     assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening, port
 
 
+def _service_on_cluster_address(host, cluster_address: str, unit: str, port) -> int:
+    """*unit* runs, is enabled and listens on *port* of the cluster address only; the port."""
+    svc = host.service(unit)
+    assert svc.is_running and svc.is_enabled, unit
+    _listens_on_cluster_address_only(host, cluster_address, int(port))
+    return int(port)
+
+
 def test_etcd_healthy_on_cluster_address(host, dynamo, expected, cluster_address):
     _only(dynamo, "dynamo_etcd")
-    svc = host.service("etcd")
-    assert svc.is_running and svc.is_enabled
-    port = int(expected("etcd", "etcd_client_port"))
-    _listens_on_cluster_address_only(host, cluster_address, port)
+    port = _service_on_cluster_address(host, cluster_address, "etcd", expected("etcd", "etcd_client_port"))
     health = json.loads(_get(host, f"http://{cluster_address}:{port}/health"))
     assert health["health"] == "true"
 
@@ -63,10 +68,7 @@ def _nats_greeting(address: str, port: int, connect: dict) -> str:
 
 def test_nats_healthy_on_cluster_address(host, dynamo, expected, cluster_address):
     _only(dynamo, "dynamo_nats")
-    svc = host.service("nats-server")
-    assert svc.is_running and svc.is_enabled
-    port = int(expected("nats", "nats_port"))
-    _listens_on_cluster_address_only(host, cluster_address, port)
+    _service_on_cluster_address(host, cluster_address, "nats-server", expected("nats", "nats_port"))
     monitor = int(expected("nats", "nats_monitor_port"))
     assert host.socket(f"tcp://127.0.0.1:{monitor}").is_listening
     assert not host.socket(f"tcp://0.0.0.0:{monitor}").is_listening
@@ -99,10 +101,9 @@ def _router_mode(hostvars) -> str:
 
 def test_frontend_serves_on_cluster_address(host, dynamo, expected, hostvars, cluster_address):
     _only(dynamo, "dynamo_frontend")
-    svc = host.service("dynamo-frontend")
-    assert svc.is_running and svc.is_enabled
-    port = int(expected("dynamo_frontend", "dynamo_frontend_port"))
-    _listens_on_cluster_address_only(host, cluster_address, port)
+    port = _service_on_cluster_address(
+        host, cluster_address, "dynamo-frontend", expected("dynamo_frontend", "dynamo_frontend_port")
+    )
     assert json.loads(_get(host, f"http://{cluster_address}:{port}/health"))["status"] == "healthy"
     unit = host.file("/etc/systemd/system/dynamo-frontend.service").content_string
     assert f"--router-mode {_router_mode(hostvars)}" in unit
@@ -129,10 +130,9 @@ def test_frontend_lists_the_model_and_completes(host, dynamo, expected, cluster_
 
 def test_worker_ready_on_cluster_address(host, dynamo, expected, cluster_address):
     _only(dynamo, "dynamo_worker")
-    svc = host.service("dynamo-worker")
-    assert svc.is_running and svc.is_enabled
-    port = int(expected("dynamo_worker", "dynamo_worker_system_port"))
-    _listens_on_cluster_address_only(host, cluster_address, port)
+    port = _service_on_cluster_address(
+        host, cluster_address, "dynamo-worker", expected("dynamo_worker", "dynamo_worker_system_port")
+    )
     assert json.loads(_get(host, f"http://{cluster_address}:{port}/health"))["status"] == "ready"
 
 

@@ -87,6 +87,13 @@ def failure(document: dict) -> str:
     return " ".join(str(r.get("msg", "")) for r in results(document) if r.get("failed"))
 
 
+def rendered(tmp_path: Path, role: str, tasks_from: str, name: str, **variables):
+    """The fact *name* that *role*'s *tasks_from* sets with *variables* (the run must succeed)."""
+    rc, doc = run_role(tmp_path, role, tasks_from, name, **variables)
+    assert rc == 0, failure(doc)
+    return shown(doc, name)
+
+
 def flag(argv: list[str], name: str) -> str:
     """The value after flag *name* (it must be there once)."""
     assert argv.count(name) == 1, (name, argv)
@@ -95,11 +102,9 @@ def flag(argv: list[str], name: str) -> str:
 
 @pytest.fixture(scope="module")
 def worker_argv(tmp_path_factory) -> list[str]:
-    rc, doc = run_role(
+    return rendered(
         tmp_path_factory.mktemp("w"), "dynamo_worker", "args.yml", "dynamo_worker_args", **LAB_VARS
     )
-    assert rc == 0, failure(doc)
-    return shown(doc, "dynamo_worker_args")
 
 
 def test_worker_argv_follows_the_inventory(worker_argv):
@@ -129,29 +134,17 @@ def test_worker_publishes_kv_events_on_loopback_only(worker_argv):
 
 
 def test_worker_without_lmcache_or_kv_events(tmp_path):
-    rc, doc = run_role(
-        tmp_path,
-        "dynamo_worker",
-        "args.yml",
-        "dynamo_worker_args",
-        **{**LAB_VARS, "tier_profile": "none", "dynamo_kv_events": False},
-    )
-    assert rc == 0, failure(doc)
-    argv = shown(doc, "dynamo_worker_args")
+    variables = {**LAB_VARS, "tier_profile": "none", "dynamo_kv_events": False}
+    argv = rendered(tmp_path, "dynamo_worker", "args.yml", "dynamo_worker_args", **variables)
     assert "--kv-transfer-config" not in argv and "--kv-events-config" not in argv
 
 
 @pytest.fixture(scope="module")
 def frontend_argv(tmp_path_factory) -> list[str]:
-    rc, doc = run_role(
-        tmp_path_factory.mktemp("f"),
-        "dynamo_frontend",
-        "args.yml",
-        "dynamo_frontend_args",
-        **{**LAB_VARS, "cluster_address": "10.77.0.21"},
+    variables = {**LAB_VARS, "cluster_address": "10.77.0.21"}
+    return rendered(
+        tmp_path_factory.mktemp("f"), "dynamo_frontend", "args.yml", "dynamo_frontend_args", **variables
     )
-    assert rc == 0, failure(doc)
-    return shown(doc, "dynamo_frontend_args")
 
 
 def test_frontend_argv_binds_the_cluster_address_with_the_kv_router(frontend_argv):
@@ -197,15 +190,8 @@ def test_off_by_default_validates_nothing(tmp_path):
 
 
 def test_etcd_cluster_lists_the_group_at_its_addresses(tmp_path):
-    rc, doc = run_role(
-        tmp_path,
-        "etcd",
-        "endpoints.yml",
-        "etcd_endpoint",
-        **{**LAB_VARS, "cluster_address": "10.77.0.11", "ansible_host": "10.77.0.11"},
-    )
-    assert rc == 0, failure(doc)
-    endpoint = shown(doc, "etcd_endpoint")
+    variables = {**LAB_VARS, "cluster_address": "10.77.0.11", "ansible_host": "10.77.0.11"}
+    endpoint = rendered(tmp_path, "etcd", "endpoints.yml", "etcd_endpoint", **variables)
     assert endpoint["client_url"] == "http://10.77.0.11:2379"
     assert endpoint["initial_cluster"].strip() == "node=http://10.77.0.11:2380"
 
