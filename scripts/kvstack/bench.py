@@ -615,11 +615,8 @@ def run_bench(o: BenchOptions) -> Path:
     """Run the bench per *o*; returns the results directory (also on failure, with what it has)."""
     loads = validate(o)
     ep = fetch_endpoints(o.inventory)
-    if o.dynamo and not (ep.dynamo.get("frontend") and ep.dynamo.get("workers")):
-        raise BenchError(
-            "--dynamo: the inventory needs a host in group dynamo_frontend and one or more in "
-            "dynamo_worker (see inventory/lab/hosts.yml)"
-        )
+    if o.dynamo:
+        dynamo_bench.require(ep)
     node = o.node or next(iter(ep.serving))
     if node not in ep.serving:
         raise BenchError(f"--node: {node} is not in group serving ({', '.join(ep.serving)})")

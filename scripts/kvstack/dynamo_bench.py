@@ -37,6 +37,18 @@ CONFIGS: dict[str, tuple[int, bool]] = {
 TAGS = "dynamo,firewall"
 
 
+def require(ep: Endpoints) -> list[str]:
+    """The inventory's Dynamo worker hosts; a clear error, before anything changes, when it has no
+    frontend or no worker."""
+    workers = list(ep.dynamo.get("workers") or {})
+    if not ep.dynamo.get("frontend") or not workers:
+        raise StackError(
+            "the Dynamo bench needs a host in group dynamo_frontend and one or more in dynamo_worker "
+            "(see inventory/lab/hosts.yml)"
+        )
+    return workers
+
+
 def frontend_of(ep: Endpoints) -> tuple[str, dict[str, Any]]:
     """The inventory's (first) Dynamo frontend as (host, endpoint); a clear error when none."""
     if not ep.dynamo.get("frontend"):
@@ -47,18 +59,15 @@ def frontend_of(ep: Endpoints) -> tuple[str, dict[str, Any]]:
     return host, info
 
 
-def apply(
-    inventory: Path | None, workers: list[str], on: list[str], lmcache: bool | None, log: Path
-) -> float:
-    """Dynamo on, the worker on *on* (LMCache per *lmcache*; None: the inventory's) and off on
-    the other *workers*; returns seconds."""
+def apply(inventory: Path | None, workers: list[str], on: list[str], lmcache: bool, log: Path) -> float:
+    """Dynamo on, the worker on *on* (LMCache attached per *lmcache*) and off on the other
+    *workers*; returns seconds."""
     t0 = time.monotonic()
     off = [w for w in workers if w not in on]
-    what = "inventory's" if lmcache is None else ("on" if lmcache else "off")
-    progress(f"dynamo: workers on {', '.join(on)}, LMCache {what} (site.yml --tags {TAGS})")
-    base: dict[str, Any] = {"dynamo_enabled": True}
-    if lmcache is not None:
-        base["dynamo_worker_lmcache"] = lmcache
+    progress(
+        f"dynamo: workers on {', '.join(on)}, LMCache {'on' if lmcache else 'off'} (site.yml --tags {TAGS})"
+    )
+    base: dict[str, Any] = {"dynamo_enabled": True, "dynamo_worker_lmcache": lmcache}
     # Control plane, frontend and the workers that run; then the workers that do not.
     runs = [(None if not off else f"all:!{','.join(off)}", base)]
     if off:
@@ -106,7 +115,6 @@ def _generate(instance: dict[str, Any]) -> bool:
 def wait_workers(url: str, n: int, model: str, timeout_s: float = 600) -> None:
     """Wait until the frontend lists exactly *n* workers and answers a completion for *model*."""
     deadline = time.monotonic() + timeout_s
-    seen = -1
     while True:
         seen = frontend_workers(url)
         if seen == n and _completes(url, model):
@@ -139,7 +147,7 @@ def per_worker(deltas: dict[str, dict[str, float]], nodes: list[str]) -> dict[st
 
 
 def sources_for(ep: Endpoints, nodes: list[str], lmcache: bool) -> list[m.Source]:
-    """Each worker's metrics, its node's LMCache server (*lmcache*) and the KV server."""
+    """Each worker's metrics (vLLM's counters) and, with *lmcache*, its node's LMCache server."""
     out = []
     for node in nodes:
         url = ep.dynamo["workers"][node]["metrics_url"]
@@ -223,13 +231,19 @@ def run_dynamo(
     *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, model, i)* its load
     config; *save(result)* is called after each run (results survive an interruption).
     """
-    workers = list(ep.dynamo.get("workers") or {})
-    if not ep.dynamo.get("frontend") or not workers:
-        raise StackError(
-            "the inventory needs a host in group dynamo_frontend and at least one in dynamo_worker "
-            "for the Dynamo bench"
-        )
-    result: dict[str, Any] = {"runs": [], "missing": [], "switch_s": []}
+    workers = require(ep)
+    # Addresses as the roles give them with Dynamo on (the inventory may have it off); they do
+    # not change between configurations.
+    ep_on = fetch_endpoints(inventory, {"dynamo_enabled": True})
+    host, front = frontend_of(ep_on)
+    result: dict[str, Any] = {
+        "frontend": front["url"],
+        "router_mode": front["router_mode"],
+        "frontend_host": host,
+        "runs": [],
+        "missing": [],
+        "switch_s": [],
+    }
     try:
         for i, (label, (n, lmcache)) in enumerate(CONFIGS.items()):
             if n > len(workers):
@@ -237,11 +251,7 @@ def run_dynamo(
                 continue
             on = workers[:n]
             result["switch_s"].append(round(apply(inventory, workers, on, lmcache, log), 1))
-            # Addresses as the roles say with Dynamo on (the inventory may have it off).
-            ep_on = fetch_endpoints(inventory, {"dynamo_enabled": True})
-            host, front = frontend_of(ep_on)
             model = ep_on.dynamo["workers"][on[0]]["model"]
-            result.update(frontend=front["url"], router_mode=front["router_mode"], frontend_host=host)
             wait_workers(front["url"], n, model)
             entry = run_config(
                 label, conversations_for(i), lc_for(front["url"], model, i), ep_on, on, out_dir, slo
