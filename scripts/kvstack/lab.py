@@ -390,27 +390,33 @@ def _save_host_state(cfg: LabConfig, state: dict) -> None:
     cfg.host_state.write_text(json.dumps(state, indent=1))
 
 
-def _nat_rule(cfg: LabConfig) -> list[str]:
+def _host_rules(cfg: LabConfig) -> list[tuple[str, list[str]]]:
+    """The host's iptables rules for the lab, as (table, rule): NAT for the node subnet, forwarding
+    to and from the bridge, and TCP MSS clamped to the path MTU on connections the nodes open (the
+    nodes' links are 1500 bytes; an uplink with a smaller MTU, 1400 on some hosts, otherwise stalls
+    every download once the first full-size segment comes back)."""
+    tag = ["-m", "comment", "--comment", "kvstack-lab"]
     return [
-        "POSTROUTING",
-        "-s",
-        str(cfg.network),
-        "!",
-        "-o",
-        cfg.bridge,
-        "-j",
-        "MASQUERADE",
-        "-m",
-        "comment",
-        "--comment",
-        "kvstack-lab",
-    ]
-
-
-def _forward_rules(cfg: LabConfig) -> list[list[str]]:
-    return [
-        ["FORWARD", "-i", cfg.bridge, "-j", "ACCEPT", "-m", "comment", "--comment", "kvstack-lab"],
-        ["FORWARD", "-o", cfg.bridge, "-j", "ACCEPT", "-m", "comment", "--comment", "kvstack-lab"],
+        ("nat", ["POSTROUTING", "-s", str(cfg.network), "!", "-o", cfg.bridge, "-j", "MASQUERADE", *tag]),
+        ("filter", ["FORWARD", "-i", cfg.bridge, "-j", "ACCEPT", *tag]),
+        ("filter", ["FORWARD", "-o", cfg.bridge, "-j", "ACCEPT", *tag]),
+        (
+            "mangle",
+            [
+                "FORWARD",
+                "-i",
+                cfg.bridge,
+                "-p",
+                "tcp",
+                "--tcp-flags",
+                "SYN,RST",
+                "SYN",
+                "-j",
+                "TCPMSS",
+                "--clamp-mss-to-pmtu",
+                *tag,
+            ],
+        ),
     ]
 
 
@@ -432,11 +438,9 @@ def network_up(cfg: LabConfig) -> None:
     if fwd.read_text().strip() != "1":
         state.setdefault("ip_forward_before", fwd.read_text().strip())
         fwd.write_text("1\n")
-    if not _iptables_has("nat", _nat_rule(cfg)):
-        _run(["iptables", "-t", "nat", "-A", *_nat_rule(cfg)])
-    for rule in _forward_rules(cfg):
-        if not _iptables_has("filter", rule):
-            _run(["iptables", "-A", *rule])
+    for table, rule in _host_rules(cfg):
+        if not _iptables_has(table, rule):
+            _run(["iptables", "-t", table, "-A", *rule])
     _save_host_state(cfg, state)
 
 
@@ -450,16 +454,14 @@ def _default_route_mtu() -> int:
 
 
 def network_down(cfg: LabConfig) -> list[str]:
-    """Remove the bridge, NAT and forward rules; restore ip_forward. Returns what was removed."""
+    """Remove the bridge and the host rules (NAT, forwarding, MSS clamp); restore ip_forward.
+    Returns what was removed."""
     removed = []
     state = _host_state(cfg)
-    while _iptables_has("nat", _nat_rule(cfg)):
-        _run(["iptables", "-t", "nat", "-D", *_nat_rule(cfg)])
-        removed.append("nat rule")
-    for rule in _forward_rules(cfg):
-        while _iptables_has("filter", rule):
-            _run(["iptables", "-D", *rule])
-            removed.append("forward rule")
+    for table, rule in _host_rules(cfg):
+        while _iptables_has(table, rule):
+            _run(["iptables", "-t", table, "-D", *rule])
+            removed.append(f"{table} rule")
     if _run(["ip", "link", "show", cfg.bridge], check=False).returncode == 0:
         _run(["ip", "link", "del", cfg.bridge])
         removed.append(f"bridge {cfg.bridge}")
@@ -785,9 +787,7 @@ def leftovers(inventory_dir: Path | None = None) -> list[str]:
         for line in links.splitlines()
         if f" {cfg.bridge}:" in line or f"master {cfg.bridge}" in line or ": vb-" in line
     ]
-    if _iptables_has("nat", _nat_rule(cfg)):
-        found.append("nat rule")
-    found += ["forward rule" for r in _forward_rules(cfg) if _iptables_has("filter", r)]
+    found += [f"{table} rule" for table, rule in _host_rules(cfg) if _iptables_has(table, rule)]
     return found
 
 
