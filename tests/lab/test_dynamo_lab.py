@@ -1,20 +1,53 @@
-"""NVIDIA Dynamo on the lab: `site.yml` with `dynamo_enabled=true` deploys etcd, NATS, the frontend
-with its KV router and a Dynamo vLLM worker (CPU build, LMCache attached) on each serving node; a
-second run changes nothing; the node checks (Dynamo's, and the firewall's listening-port check)
-pass; `run-bench --dynamo` measures Dynamo vs Dynamo + LMCache on one and two workers; and
-Dynamo goes back off as the inventory has it. Asserts on counters and outcomes, never timings."""
+"""NVIDIA Dynamo on the lab: `site.yml --check` with `dynamo_enabled=true` runs clean and touches
+nothing (on a fresh lab: before Dynamo was ever installed); `site.yml` with it deploys etcd,
+NATS, the frontend with its KV router and a Dynamo vLLM worker (CPU build, LMCache attached) on
+each serving node; a second run changes nothing; the node checks (Dynamo's, and the firewall's
+listening-port check) pass; `run-bench --dynamo` measures Dynamo vs Dynamo + LMCache on one and
+two workers; and Dynamo goes back off as the inventory has it. Asserts on counters and outcomes,
+never timings."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
 from kvstack import bench, dynamo_bench, provision
+from kvstack.stack import fetch_endpoints
 
 ON = {"dynamo_enabled": True}
 TAGS = "dynamo,firewall"
+
+
+# What Dynamo's roles write or install on a node, as one text to compare before and after.
+NODE_STATE = (
+    "for f in /etc/systemd/system/dynamo-frontend.service /etc/systemd/system/dynamo-worker.service"
+    " /etc/kvstack/dynamo-frontend.env /etc/kvstack/dynamo-worker.env /etc/nats-server.conf"
+    " /etc/default/etcd; do [ -e $f ] && sha256sum $f || echo absent $f; done; "
+    "dpkg-query -W -f='${Package} ${Status}\\n' etcd-server nats-server 2>&1; "
+    "ls /opt/kvstack; nft -s list table inet kvstack | sha256sum; "
+    "for u in etcd nats-server dynamo-frontend dynamo-worker; do "
+    "echo $u $(systemctl is-enabled $u 2>&1) $(systemctl is-active $u 2>&1); done"
+)
+NODES = ("lab-serve1", "lab-serve2", "lab-kv1")
+
+
+def test_check_mode_with_dynamo_on_runs_clean_and_touches_nothing(up_lab, testinfra_backend):
+    """What a user runs first (README: `--check --diff`) on a lab where Dynamo is off, in CI one
+    where it was never installed: no host fails, Dynamo's services are reported as changes to
+    make, and no node has a file, package, unit or firewall rule more than before."""
+    before = {n: testinfra_backend(n).check_output(NODE_STATE) for n in NODES}
+    proc = provision.playbook(check=True, diff=True, extra_vars=ON, capture=True, echo=False, check_rc=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    recap = provision.recap(proc.stdout)
+    assert set(recap) == set(NODES)
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap.values()), recap
+    # the front node would get etcd, NATS and the frontend (the inventory has Dynamo off)
+    assert recap["lab-kv1"]["changed"] > 0, recap
+    after = {n: testinfra_backend(n).check_output(NODE_STATE) for n in NODES}
+    assert after == before
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +68,29 @@ def test_second_run_changes_nothing(dynamo_on):
 
 
 def test_dynamo_node_checks_pass(dynamo_on, node_checks):
-    """etcd, NATS (password refused, clients connected), the frontend (model listed, a completion
+    """etcd and NATS (passwords refused, clients connected), the frontend (model listed, a completion
     through the KV router), the workers (ready, Dynamo's own parser on the installed units)."""
     proc = node_checks("tests/node/test_dynamo.py", "--set=dynamo_enabled=true", "-rs")
     assert proc.returncode == 0, proc.stdout[-4000:]
-    # every Dynamo check ran somewhere: 9 per-group checks plus systemd-analyze on 3 nodes
-    assert re.search(r"\b16 passed", proc.stdout), proc.stdout[-2000:]
+    # every Dynamo check ran somewhere: 10 per-group checks plus systemd-analyze on 3 nodes
+    assert re.search(r"\b17 passed", proc.stdout), proc.stdout[-2000:]
+
+
+def test_dynamo_logs_in_again_after_an_etcd_restart(dynamo_on, testinfra_backend):
+    """A restart ends every etcd login (Dynamo's client never renews its token): the frontend and
+    workers reconnect and log in again, so the frontend lists both workers and serves. Without a
+    fresh login its discovery calls fail (`invalid auth token`) and it lists none."""
+    kv1 = testinfra_backend("lab-kv1")
+    ep = fetch_endpoints(None, ON)
+    _, front = dynamo_bench.frontend_of(ep)
+    model = next(iter(ep.dynamo["workers"].values()))["model"]
+    since = kv1.check_output("date -u '+%Y-%m-%d %H:%M:%S'")
+    kv1.check_output("systemctl restart etcd")
+    time.sleep(45)  # longer than the frontend's discovery reconciliation period (30 s)
+    dynamo_bench.wait_workers(front["url"], len(ep.dynamo["workers"]), model, timeout_s=180)
+    journal = kv1.check_output(f"journalctl -u dynamo-frontend --since '{since}' --no-pager")
+    assert "Reconnecting to ETCD" in journal  # the restart was noticed
+    assert "invalid auth token" not in journal
 
 
 def test_firewall_names_every_port_dynamo_listens_on(dynamo_on, node_checks):

@@ -56,6 +56,33 @@ def test_etcd_healthy_on_cluster_address(host, dynamo, expected, cluster_address
     assert health["health"] == "true"
 
 
+def _etcdctl(host, url: str, user: str | None, *args: str):
+    """etcdctl on the node against *url*, as *user* ("name:password") or anonymous."""
+    env = {"ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": url, **({"ETCDCTL_USER": user} if user else {})}
+    words = [f"{k}={v}" for k, v in env.items()] + ["etcdctl", *args]
+    return host.run("env " + " ".join(shlex.quote(w) for w in words))
+
+
+def test_etcd_refuses_clients_without_the_password(host, dynamo, expected, cluster_address, hostvars):
+    """Anonymous and wrong-password clients are refused; Dynamo's user reads the records that
+    the frontend and workers (logged in with it) keep there."""
+    _only(dynamo, "dynamo_etcd")
+    if not hostvars.get("etcd_auth_enabled", True):
+        pytest.skip("etcd_auth_enabled is false")
+    url = f"http://{cluster_address}:{expected('etcd', 'etcd_client_port')}"
+    user = hostvars.get("dynamo_etcd_user", "dynamo")
+    everything = ("get", "--prefix", "--keys-only", "")
+    anonymous = _etcdctl(host, url, None, *everything)
+    assert anonymous.rc != 0 and "user name is empty" in anonymous.stderr, anonymous.stderr
+    wrong = _etcdctl(host, url, f"{user}:not-the-password", *everything)
+    assert wrong.rc != 0 and "authentication failed" in wrong.stderr, wrong.stderr
+    ok = _etcdctl(host, url, f"{user}:{hostvars['dynamo_etcd_password']}", *everything)
+    assert ok.rc == 0, ok.stderr
+    assert ok.stdout.split(), "no Dynamo records in etcd"
+    secret = host.file("/etc/kvstack/etcd-root.password")
+    assert secret.user == "root" and secret.mode & 0o077 == 0, oct(secret.mode)
+
+
 def _nats_greeting(address: str, port: int, connect: dict) -> str:
     """NATS protocol from this controller: INFO, CONNECT, PING; the server's next line."""
     with socket.create_connection((address, port), timeout=10) as s:

@@ -29,6 +29,7 @@ LAB_VARS = {
     "dynamo_etcd_endpoints": "http://10.77.0.21:2379",
     "dynamo_nats_url": "nats://10.77.0.21:4222",
     "dynamo_nats_password": "test-only-nats-password",
+    "dynamo_etcd_password": "test-only-etcd-password",
     "vllm_platform": "cpu",
     "vllm_model_path": "/srv/models/tiny-llama",
     "vllm_served_model_name": "tiny",
@@ -165,6 +166,9 @@ def test_frontend_argv_binds_the_cluster_address_with_the_kv_router(frontend_arg
         ("dynamo_frontend", {"dynamo_router_mode": "closest"}, "dynamo_frontend_router_mode"),
         ("dynamo_frontend", {"dynamo_frontend_host": "0.0.0.0"}, "dynamo_frontend_host"),
         ("etcd", {"etcd_listen_address": "10.77.0.99"}, "etcd_listen_address"),
+        ("etcd", {"dynamo_etcd_password": "too-short"}, "dynamo_etcd_password"),
+        ("etcd", {"dynamo_etcd_password": "twelve or more but spaced"}, "dynamo_etcd_password"),
+        ("etcd", {"dynamo_etcd_user": "root"}, "etcd_auth_user"),
         ("nats", {"dynamo_nats_password": ""}, "dynamo_nats_password"),
         ("nats", {"nats_listen_address": "0.0.0.0"}, "nats_listen_address"),
         ("nats", {"nats_max_file_store": "lots"}, "nats_max_file_store"),
@@ -235,3 +239,11 @@ def test_baremetal_example_without_dynamo_hosts_renders_empty_addresses():
         "baremetal.example", "gpu-node01", "dynamo_etcd_endpoints ~ '|' ~ dynamo_nats_url"
     )
     assert value == "|"
+
+
+def test_baremetal_example_keeps_dynamos_passwords_in_the_vault():
+    """secrets.yml names them; the encrypted vault.yml holds them (the example's vault password)."""
+    value = _inventory_value(
+        "baremetal.example", "gpu-node01", "dynamo_nats_password ~ '|' ~ dynamo_etcd_password"
+    )
+    assert value == "example-nats-password-change-me-41c8|example-etcd-password-change-me-93b5"

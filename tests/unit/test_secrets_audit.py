@@ -1,8 +1,8 @@
 """Secrets audit over every role and playbook: a task whose arguments, loop or rendered
 template touch a secret has ``no_log: true``, and a rendered file holding one is not
 world-readable. Secrets are the argument_specs options marked ``no_log``, the inventory's
-``kv_password``/``vllm_api_key``/``dynamo_nats_password``/``vault_*``, every role default derived
-from one, and every fact a ``no_log`` task sets from one."""
+``kv_password``/``vllm_api_key``/``dynamo_nats_password``/``dynamo_etcd_password``/``vault_*``,
+every role default derived from one, and every fact a ``no_log`` task sets from one."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 
 from kvstack import REPO
 
-INVENTORY_SECRETS = {"kv_password", "vllm_api_key", "dynamo_nats_password"}
+INVENTORY_SECRETS = {"kv_password", "vllm_api_key", "dynamo_nats_password", "dynamo_etcd_password"}
 # Task keys that never reach the log (conditions, names, handlers to notify).
 SILENT_KEYS = {
     "name",
