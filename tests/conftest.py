@@ -5,7 +5,9 @@ Tiers: ``tests/unit`` (no lab, seconds), ``tests/node`` (testinfra checks per gr
 
 With the default inventory the session brings the lab up and provisions it with site.yml
 once (``lab`` fixture); ``--no-lab`` runs node checks against whatever the inventory names,
-as is; ``--keep-lab`` leaves a lab this session started running afterwards.
+as is; ``--keep-lab`` leaves a lab this session started running afterwards; ``--dynamo`` adds
+the end-to-end tests that install NVIDIA Dynamo on the lab and bench it (optional like Dynamo
+itself: about 20 more minutes, which the default run leaves out to fit CI's time).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvstack")
     group.addoption("--no-lab", action="store_true", help="do not bring up or provision the lab")
     group.addoption("--keep-lab", action="store_true", help="leave the lab running at the end")
+    group.addoption(
+        "--dynamo",
+        action="store_true",
+        help="also install NVIDIA Dynamo on the lab, check and bench it (test_dynamo_lab.py; +20 min)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,5 +1,9 @@
 """Tier profiles on the lab: each applied by site.yml in turn passes the serving node checks;
-re-applying restarts nothing; a vLLM restart still hits LMCache and the KV server."""
+re-applying restarts nothing; a vLLM restart still hits LMCache and the KV server.
+
+Profiles are applied to one serving node (``--limit``, the roles they change: ``--tags
+lmcache,vllm``, as `fab run-bench` switches them) and checked there; the other node stays on the
+inventory's profile, so the cross-node hit check has a peer that shares the KV server."""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from kvstack import provision
 SERVING_CHECKS = "tests/node/test_serving.py"
 
 
-def apply(profile: str) -> dict[str, dict[str, int]]:
-    out = provision.playbook("site.yml", limit="serving", extra_vars={"tier_profile": profile}, capture=True)
+def apply(node: str, profile: str) -> dict[str, dict[str, int]]:
+    out = provision.playbook(
+        "site.yml", limit=node, tags="lmcache,vllm", extra_vars={"tier_profile": profile}, capture=True
+    )
     rec = provision.recap(out.stdout)
+    assert set(rec) == {node}, rec
     assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in rec.values()), rec
     return rec
 
@@ -36,21 +43,23 @@ def serving_nodes(up_lab):
 
 
 def test_each_tier_profile_applies_and_passes_node_checks(serving_nodes, testinfra_backend, node_checks):
+    node, peer = serving_nodes[0], serving_nodes[1:]
+    peer_pids = main_pids(testinfra_backend, peer)
     pids = {}
     for profile in ("none", "dram", "kv", "dram+kv"):
-        apply(profile)
-        proc = node_checks(SERVING_CHECKS, f"--set=tier_profile={profile}")
+        apply(node, profile)
+        proc = node_checks(SERVING_CHECKS, f"--set=tier_profile={profile}", f"--hosts=ansible://{node}")
         assert proc.returncode == 0, f"profile {profile}:\n{proc.stdout[-5000:]}"
-        new = main_pids(testinfra_backend, serving_nodes)
+        new = main_pids(testinfra_backend, [node])
         if profile in ("kv", "dram+kv"):
             # LMCache's arguments changed: it restarted (and vLLM with it: PartOf=lmcache.service).
-            for name in serving_nodes:
-                assert new[name][1] != pids[name][1], f"{profile}: lmcache not restarted on {name}"
+            assert new[node][1] != pids[node][1], f"{profile}: lmcache not restarted on {node}"
         pids = new
-    # Re-applying the same profile changes and restarts nothing.
-    rec = apply("dram+kv")
+    # Re-applying the same profile changes and restarts nothing; the other node was never touched.
+    rec = apply(node, "dram+kv")
     assert sum(c["changed"] for c in rec.values()) == 0, rec
-    assert main_pids(testinfra_backend, serving_nodes) == pids
+    assert main_pids(testinfra_backend, [node]) == pids
+    assert main_pids(testinfra_backend, peer) == peer_pids
 
 
 def test_vllm_restart_still_hits_lmcache_and_kv_server(serving_nodes, node_checks):
