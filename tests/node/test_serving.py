@@ -109,6 +109,14 @@ def test_lmcache_unit_follows_the_tier_profile(host, serving):
         assert svc.is_enabled
 
 
+def test_lmcache_never_started_before_its_virtualenv(host):
+    """On a node's first run the LMCache role installs its unit before roles/vllm installs the
+    virtualenv with LMCache in it; the unit must wait for vLLM's units to start it, not be
+    started and fail (203/EXEC) every few seconds until the install is done."""
+    journal = host.check_output("journalctl -b -u lmcache.service --no-pager -o cat")
+    assert "status=203/EXEC" not in journal, [ln for ln in journal.splitlines() if "203/EXEC" in ln][:3]
+
+
 def test_lmcache_holds_kv_server_connections(host, serving, hostvars, inv, resp, cluster_address):
     """In the KV profiles the KV server holds LMCache's connections from this node, and the
     watchdog that restores them (LMCache's RESP adapter does not reconnect) is scheduled."""
