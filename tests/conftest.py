@@ -1,7 +1,9 @@
 """Shared test setup.
 
-Tiers: ``tests/unit`` (no lab, seconds), ``tests/node`` (testinfra checks per group, against
-``--ansible-inventory``; default the lab), ``tests/lab`` (end to end on the lab).
+Tiers: ``tests/unit`` (no lab, seconds), ``tests/gpu`` (the GPU path against the pinned software,
+without a GPU: roles rendered for CUDA nodes, parsers on a lab node, pip's resolution of the CUDA
+set), ``tests/node`` (testinfra checks per group, against ``--ansible-inventory``; default the lab),
+``tests/lab`` (end to end on the lab).
 
 With the default inventory the session brings the lab up and provisions it with site.yml
 once (``lab`` fixture); ``--no-lab`` runs node checks against whatever the inventory names,
@@ -28,7 +30,7 @@ from kvstack import provision  # noqa: E402
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
 
-TIER_ORDER = {"unit": 0, "node": 1, "lab": 2}
+TIER_ORDER = {"unit": 0, "gpu": 1, "node": 2, "lab": 3}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,7 +55,7 @@ def _tier(item: pytest.Item) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run fast tiers first: unit, then node checks, then end-to-end lab tests (stable order)."""
+    """Run fast tiers first: unit, the GPU path, node checks, end-to-end lab tests (stable order)."""
     items.sort(key=lambda it: (_tier(it), it.get_closest_marker("last") is not None))
 
 

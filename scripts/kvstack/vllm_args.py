@@ -4,7 +4,8 @@ Run inside the vLLM venv::
 
     python -m kvstack.vllm_args [--engine-config] -- --model /srv/model --dtype float32 ...
 
-The arguments after ``--`` are what ``python -m vllm.entrypoints.openai.api_server`` would get. They
+The arguments after ``--`` are what ``python -m vllm.entrypoints.launchers.api_server.entry`` (the
+units' entry point; the deprecated ``vllm.entrypoints.openai.api_server`` runs it too) would get. They
 go through the same steps as its ``main()``: ``FlexibleArgumentParser`` + ``make_arg_parser`` +
 ``validate_parsed_serve_args`` (``vllm.entrypoints.launchers.cli_args`` in vLLM 0.32). With
 ``--engine-config`` it also builds the full engine configuration (``create_engine_config``), which

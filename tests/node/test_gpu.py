@@ -24,3 +24,9 @@ def test_persistence_mode_on(host, expected):
     modes = host.check_output("nvidia-smi --query-gpu=persistence_mode --format=csv,noheader").splitlines()
     assert modes and all(m.strip() == "Enabled" for m in modes)
     assert host.service("nvidia-persistenced").is_running
+
+
+def test_uvm_device_node_exists(host):
+    """CUDA needs /dev/nvidia-uvm; the serving units make it as root before they start."""
+    assert host.file("/dev/nvidia-uvm").exists
+    assert host.file("/usr/bin/nvidia-modprobe").mode & 0o4000  # setuid, as packaged

@@ -1,0 +1,52 @@
+"""The preflight refuses GPU-path values that cannot serve, naming the variable, before anything
+changes: each case is the bare-metal example with one bad value, through the real preflight."""
+
+from __future__ import annotations
+
+import pytest
+from scenario import DYNAMO, render
+
+SMALL_SHM = [{"mount": "/dev/shm", "fstype": "tmpfs", "size_total": 16 * 1024**3}]
+
+CASES = [
+    ("driver branch older than CUDA 13 needs", {"nvidia_driver_branch": "570"},
+     "nvidia_driver_branch 570 is older than CUDA 13"),
+    ("Debian's own driver (535)", {"nvidia_driver_source": "distro"},
+     "Debian 12's own driver is branch 535"),
+    ("two instances on one GPU",
+     {"vllm_instances": [{"name": "a", "port": 8000, "gpus": "0"}, {"name": "b", "port": 8001, "gpus": "0"}]},
+     "vllm_instances share GPUs"),
+    ("GPU count is not tensor_parallel_size",
+     {"vllm_instances": [{"name": "a", "port": 8000, "gpus": "0", "tensor_parallel_size": 2}]},
+     "one per tensor-parallel rank: tensor_parallel_size is 2"),
+    ("an instance without gpus", {"vllm_instances": [{"name": "a", "port": 8000}]},
+     "vllm_instances a: gpus must list"),
+    ("KV blocks cannot hold max_model_len", {"vllm_num_kv_blocks": 1000},
+     "vllm_num_kv_blocks 1000 x 16 tokens per block"),
+    ("/dev/shm smaller than the L1", {"gpu_scenario_host_facts": {"gpu-node01": {"mounts": SMALL_SHM}}},
+     "is smaller than the LMCache L1 (64 GiB, lmcache_dram_size_gb"),
+    ("arm64 serving node", {"gpu_scenario_host_facts": {"gpu-node01": {"architecture": "aarch64"}}},
+     "for CUDA on x86_64 only"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "variables", "message"), CASES, ids=[c[0] for c in CASES])
+def test_preflight_refuses(tmp_path, case, variables, message):
+    r = render(tmp_path, limit="gpu-node01", **variables)
+    assert r.returncode != 0, case
+    assert message in r.failure(), r.failure()
+    assert not r.root.exists()  # stopped before any role rendered anything
+
+
+def test_preflight_refuses_ubuntu_2204_for_serving(tmp_path):
+    r = render(tmp_path, "Ubuntu 22.04", limit="gpu-node01")
+    assert r.returncode != 0
+    assert "runs Ubuntu 22.04 on x86_64: vLLM 0.32.0's pinned set" in r.failure(), r.failure()
+
+
+def test_preflight_refuses_a_dynamo_worker_on_an_instances_gpu(tmp_path):
+    r = render(
+        tmp_path, inventories=[DYNAMO], limit="gpu-node01", dynamo_enabled=True, dynamo_worker_gpus="1"
+    )
+    assert r.returncode != 0
+    assert "dynamo_worker_gpus must list the worker's own GPU indices" in r.failure(), r.failure()
