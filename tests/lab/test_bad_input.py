@@ -59,3 +59,22 @@ def test_rejected_before_any_change(up_lab, extra, named):
     rec = provision.recap(text)
     assert rec and all(c["changed"] == 0 for c in rec.values()), rec
     assert "PLAY [Base configuration" not in text  # nothing after the preflight ran
+
+
+def test_lmcache_refuses_an_unknown_server_argument_before_writing_the_unit(up_lab):
+    """LMCache's own parser (roles/lmcache, before the unit is written) catches what no preflight
+    rule knows: here an argument `lmcache server` does not have."""
+    node = next(n for n in up_lab.nodes if "serve" in n)
+    extra = {"lmcache_extra_args": ["--no-such-lmcache-flag"]}
+    out = provision.playbook(
+        "site.yml",
+        limit=node,
+        tags="lmcache",
+        extra_args=["-e", json.dumps(extra)],
+        capture=True,
+        check_rc=False,
+        echo=False,
+    )
+    assert out.returncode != 0
+    assert "unrecognized arguments: --no-such-lmcache-flag" in out.stdout, out.stdout[-3000:]
+    assert provision.recap(out.stdout)[node]["changed"] == 0
