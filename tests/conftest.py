@@ -1,15 +1,16 @@
 """Shared test setup.
 
 Tiers: ``tests/unit`` (no lab, seconds), ``tests/gpu`` (the GPU path against the pinned software,
-without a GPU: roles rendered for CUDA nodes, parsers on a lab node, pip's resolution of the CUDA
-set), ``tests/node`` (testinfra checks per group, against ``--ansible-inventory``; default the lab),
+without a GPU: roles rendered for CUDA nodes, parsers on a lab node, the CUDA set against the
+package index), ``tests/node`` (testinfra checks per group, against ``--ansible-inventory``; default the lab),
 ``tests/lab`` (end to end on the lab).
 
 With the default inventory the session brings the lab up and provisions it with site.yml
 once (``lab`` fixture); ``--no-lab`` runs node checks against whatever the inventory names,
 as is; ``--keep-lab`` leaves a lab this session started running afterwards; ``--dynamo`` adds
 the end-to-end tests that install NVIDIA Dynamo on the lab and bench it (optional like Dynamo
-itself: about 20 more minutes, which the default run leaves out to fit CI's time).
+itself: about 20 more minutes, which the default run leaves out to fit CI's time);
+``--pinned-set`` adds pip's resolution of vLLM's whole CUDA set (about 4 GB downloaded per Python).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--dynamo",
         action="store_true",
         help="also install NVIDIA Dynamo on the lab, check and bench it (test_dynamo_lab.py; +20 min)",
+    )
+    group.addoption(
+        "--pinned-set",
+        action="store_true",
+        help="also let pip resolve vLLM's whole CUDA set for each Python (tests/gpu; downloads ~8 GB)",
     )
 
 
