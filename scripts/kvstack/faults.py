@@ -6,6 +6,8 @@
   vLLM, which is ``PartOf`` it); failed requests and seconds until a request succeeds again.
 - :func:`router_failover`: a serving node stopped under load sent through the router; the
   switch-over window, failed requests inside and after it, and seconds until it rejoins.
+- :func:`across`: any action (a restart, a kill) under load sent through what users call (the
+  router, Dynamo's frontend); failed requests, the longest wait between completions, recovery.
 
 Each load phase is a small multi-round QA run with its own text (round 2 of each user reuses its
 round 1 from LMCache once vLLM's cache let it go) and reports requests, failures, prompt tokens
@@ -14,6 +16,7 @@ LMCache supplied, LMCache's L1/L2 hits and its L2 stores submitted and completed
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -279,3 +282,93 @@ def router_failover(
         "errors": sorted({r.error or "" for r in failed})[:3],
         "rejoin_s": round(rejoin_s, 1),
     }
+
+
+@dataclass
+class Across:
+    """What clients of one endpoint saw while an action ran (times in seconds)."""
+
+    requests: int
+    failed: int
+    errors: list[str]
+    longest_gap_s: float
+    recovered_s: float | None
+    action_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready figures."""
+        return asdict(self)
+
+
+def across(
+    url: str,
+    model: str,
+    tok: TokenizerAdapter,
+    action: Callable[[], None],
+    *,
+    api_key: str | None = None,
+    duration_s: float = 60.0,
+    action_at_s: float = 10.0,
+    concurrency: int = 2,
+    seed: int = 0,
+) -> Across:
+    """Closed-loop load through *url* (what users call: the router, Dynamo's frontend) for
+    *duration_s*, with *action* (a restart, a kill) run *action_at_s* into it.
+
+    Reports failed requests, the longest time between two completions (the window users waited),
+    and seconds from the action's start until the first request started after it completed.
+    """
+    wl = multi_round_qa(
+        tok,
+        users=32,
+        rounds=8,
+        system_tokens=128,
+        history_tokens=256,
+        question_tokens=32,
+        answer_tokens=8,
+        seed=seed,
+    )
+    timing: dict[str, float] = {}
+
+    def act() -> None:
+        time.sleep(action_at_s)
+        timing["start"] = time.perf_counter()
+        try:
+            action()
+        finally:
+            timing["end"] = time.perf_counter()
+
+    t = threading.Thread(target=act)
+    t.start()
+    cfg = LoadConfig(
+        url, model, concurrency=concurrency, interleave=True, request_timeout_s=120, api_key=api_key
+    )
+    cfg.max_seconds = duration_s
+    try:
+        res = run(wl.conversations, cfg)
+    finally:
+        t.join()
+    if "start" not in timing or timing["start"] > max((r.start for r in res.records), default=0.0):
+        raise RuntimeError(f"the action ran after the load through {url} had ended: raise duration_s")
+    return summarize_across(res.records, timing["start"], timing["end"])
+
+
+def summarize_across(records: list, action_start: float, action_end: float) -> Across:
+    """The figures of :class:`Across` from a run's records and the action's start and end."""
+    ok = sorted(r.end for r in records if r.ok)
+    failed = [r for r in records if not r.ok]
+    gaps = [b - a for a, b in itertools.pairwise(ok)]
+    after = [r for r in records if r.ok and r.start >= action_end]
+    out = Across(
+        requests=len(records),
+        failed=len(failed),
+        errors=sorted({r.error or "" for r in failed})[:3],
+        longest_gap_s=round(max(gaps, default=0.0), 2),
+        recovered_s=round(min(r.end for r in after) - action_start, 2) if after else None,
+        action_s=round(action_end - action_start, 2),
+    )
+    progress(
+        f"{out.failed} failed of {out.requests} requests; longest gap between completions "
+        f"{out.longest_gap_s:.2f} s; first completion after the action +{out.recovered_s} s"
+    )
+    return out

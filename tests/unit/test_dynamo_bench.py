@@ -12,7 +12,7 @@ from typing import ClassVar
 import pytest
 from test_report import PNG_MAGIC, full_results, summary
 
-from kvstack import dynamo_bench
+from kvstack import dynamo_bench, report
 from kvstack.stack import Endpoints, StackError
 
 SRC = "vllm:prompt_tokens_by_source_total"
@@ -162,3 +162,19 @@ def test_report_without_dynamo_says_how_to_measure_it(tmp_path):
 
     md = report.write_report(tmp_path, plots=False).read_text()
     assert "## NVIDIA Dynamo\n\nNot measured in this run (`fab run-bench --dynamo`)." in md
+
+
+def test_report_says_when_the_sample_is_too_small_for_the_ratios():
+    """16 requests per configuration (the lab test's size) gets the note; a large run does not."""
+    runs = copy.deepcopy(RUNS)
+    results = {
+        "dynamo": {"frontend": "http://f", "runs": runs, "comparisons": dynamo_bench.comparisons(runs)}
+    }
+    for r in runs:
+        r["summary"]["requests"] = 16
+    md = report.render_markdown(results)
+    assert "Too small a sample for these ratios" in md
+    assert f"ran 16 requests (fewer than {report.MIN_RATIO_SAMPLE})" in " ".join(md.split())
+    for r in runs:
+        r["summary"]["requests"] = report.MIN_RATIO_SAMPLE
+    assert "Too small a sample" not in report.render_markdown(results)
