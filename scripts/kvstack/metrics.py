@@ -6,8 +6,10 @@ Sources, each a flat ``{"name{label=\"v\",...}": value}`` snapshot:
   hits, prompt tokens by source, queue and prefill time, KV usage);
 - LMCache's ``/metrics`` on each serving node, read over SSH (it listens on the node's loopback);
 - node_exporter's ``/metrics`` per node (CPU seconds by mode, disk and network bytes);
-- the KV server's ``INFO`` (Redis and Kvrocks alike: commands, bytes in/out, memory, keyspace
-  hits; Kvrocks adds its RocksDB section).
+- the KV server's ``INFO`` (Redis and Kvrocks alike: commands, bytes in/out, keyspace hits;
+  memory and keys from Redis' ``used_memory`` and keyspace line; Kvrocks has neither: its data
+  size ``used_db_size``, disk use, RSS, and its RocksDB section's key estimate, write stalls,
+  block cache hits, flushes and compactions).
 
 Counters (Prometheus counters, histogram ``_sum``/``_count``, and the INFO fields that only grow)
 become deltas; gauges keep their value at the end of the run. :func:`summarize` derives the few
@@ -35,6 +37,18 @@ NODE_PREFIXES = (
 )
 #: INFO fields of Redis/Kvrocks that only grow (deltas); every other numeric field is a gauge.
 INFO_COUNTER_PREFIXES = ("total_", "keyspace_", "cmdstat_", "evicted_", "expired_", "rejected_", "sync_")
+#: Kvrocks' RocksDB section (apache/kvrocks ``Server::GetRocksDBInfo``): write-stall counts per
+#: column family (``level0_file_limit_stop[default]``...), block-cache hits and misses, flushes and
+#: compactions only grow; usages, estimates and ``*_per_sec`` are gauges.
+KVROCKS_STALL_PREFIXES = ("level0_file_limit_", "pending_compaction_bytes_", "memtable_count_limit_")
+KVROCKS_COUNTERS = ("flush_count", "compaction_count")
+
+
+def _info_counter(key: str) -> bool:
+    """True for the INFO fields that only grow."""
+    if key.startswith(INFO_COUNTER_PREFIXES + KVROCKS_STALL_PREFIXES) or key in KVROCKS_COUNTERS:
+        return True
+    return key.startswith("block_cache_") and key.endswith(("_hit", "_miss"))
 
 
 @dataclass
@@ -100,7 +114,7 @@ def parse_info(info: dict[str, Any]) -> Snapshot:
                 snap.counters.add(key)
 
     for k, v in info.items():
-        counter = k.startswith(INFO_COUNTER_PREFIXES)
+        counter = _info_counter(k)
         if isinstance(v, dict):
             for sub, x in v.items():
                 put(f"{k}.{sub}", x, counter and sub in ("calls", "usec", "rejected_calls", "failed_calls"))
@@ -201,10 +215,7 @@ def summarize(deltas: dict[str, dict[str, float]], kinds: dict[str, str]) -> dic
                 s("lmcache", name + "_sum"), s("lmcache", name + "_count")
             )
     if of("kv"):
-        out["KV server commands"] = int(s("kv", "total_commands_processed"))
-        out["KV server MB in"] = round(s("kv", "total_net_input_bytes") / 1e6, 1)
-        out["KV server MB out"] = round(s("kv", "total_net_output_bytes") / 1e6, 1)
-        out["KV server used MB"] = round(s("kv", "used_memory") / 2**20, 1)
+        out.update(kv_figures(of("kv")))
     if of("node"):
         busy = idle = 0.0
         for d in of("node"):
@@ -218,6 +229,38 @@ def summarize(deltas: dict[str, dict[str, float]], kinds: dict[str, str]) -> dic
         out["CPU busy"] = _ratio(busy, busy + idle)
         out["disk MB written"] = round(s("node", "node_disk_written_bytes_total") / 1e6, 1)
         out["disk MB read"] = round(s("node", "node_disk_read_bytes_total") / 1e6, 1)
+    return out
+
+
+def kv_figures(kv: list[dict[str, float]]) -> dict[str, float | int | None]:
+    """The KV servers' figures (summed over servers) from Redis' INFO or Kvrocks'."""
+
+    def s(name: str) -> float:
+        return sum(total(d, name) for d in kv)
+
+    def prefixed(prefixes: tuple[str, ...], suffixes: tuple[str, ...] = ("",)) -> float:
+        return sum(v for d in kv for k, v in d.items() if k.startswith(prefixes) and k.endswith(suffixes))
+
+    out: dict[str, float | int | None] = {
+        "KV server commands": int(s("total_commands_processed")),
+        "KV server MB in": round(s("total_net_input_bytes") / 1e6, 1),
+        "KV server MB out": round(s("total_net_output_bytes") / 1e6, 1),
+    }
+    if not any("used_db_size" in d for d in kv):  # Redis: data in RAM, exact key count
+        out["KV server used MB"] = round(s("used_memory") / 2**20, 1)
+        out["KV server keys"] = int(prefixed(("db",), (".keys",)))
+        return out
+    # Kvrocks: INFO's keyspace line counts keys only after a DBSIZE SCAN; RocksDB's estimate of
+    # the metadata column family (where string values live) is current.
+    out["KV server used MB"] = round(s("used_db_size") / 2**20, 1)
+    out["KV server disk used MB"] = round(s("used_disk_size") / 2**20, 1)
+    out["KV server RSS MB"] = round(s("used_memory_rss") / 2**20, 1)
+    out["KV server keys (estimate)"] = int(s("estimate_keys[metadata]"))
+    out["KV server write stalls"] = int(prefixed(KVROCKS_STALL_PREFIXES))
+    hits, misses = s("block_cache_hit"), s("block_cache_miss")
+    out["KV server block cache hit rate"] = _ratio(hits, hits + misses)
+    out["KV server flushes"] = int(s("flush_count"))
+    out["KV server compactions"] = int(s("compaction_count"))
     return out
 
 

@@ -3,11 +3,17 @@
 ``tokenizer_json``: a real byte-level BPE tokenizer trained here with the `tokenizers` library alone,
 like tinymodel's (same corpus function, pre-tokenizer and special tokens), smaller:
 tinymodel.train_tokenizer wraps its result in transformers, which the controller venv does not have.
+
+``redis``: a throwaway redis-server (Debian's, which bootstrap.sh installs) on a free loopback
+port, with ``local_redis.PASSWORD``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from local_redis import local_redis
 
 from kvstack import tinymodel
 
@@ -30,3 +36,10 @@ def tokenizer_json(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tok.save(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A throwaway redis-server on a free loopback port with ``local_redis.PASSWORD``."""
+    with local_redis(tmp_path_factory.mktemp("redis")) as addr:
+        yield addr

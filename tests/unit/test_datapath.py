@@ -7,57 +7,17 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from local_redis import PASSWORD
 
 from kvstack import datapath as dp
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-PASSWORD = "unit-test-secret-4711"
 HAS_LMCACHE = importlib.util.find_spec("lmcache") is not None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """A throwaway redis-server on a free loopback port with a password and no persistence."""
-    if not os.path.exists(REDIS_SERVER):
-        pytest.skip("redis-server not installed")
-    d = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD, "--save", ""]
-    args += ["--appendonly", "no", "--dir", str(d), "--logfile", str(d / "redis.log")]
-    proc = subprocess.Popen(
-        [REDIS_SERVER, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with dp.RespClient("127.0.0.1", port, PASSWORD, timeout=1) as c:
-                    assert c.command("PING") == "PONG"
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield "127.0.0.1", port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
