@@ -26,7 +26,7 @@ from typing import Any
 
 from kvstack import metrics as m
 from kvstack import stack
-from kvstack.loadgen import LoadConfig, run
+from kvstack.loadgen import LoadConfig, RunResult, run
 from kvstack.log import progress
 from kvstack.routing import ROUTER_COUNTER, healthy_backends
 from kvstack.workloads import TokenizerAdapter, multi_round_qa
@@ -202,20 +202,9 @@ def router_failover(
     Reports failed requests inside and after that window, and seconds until the router counted the
     victim healthy again once it was started.
     """
-    wl = multi_round_qa(
-        tok,
-        users=64,
-        rounds=8,
-        system_tokens=128,
-        history_tokens=256,
-        question_tokens=32,
-        answer_tokens=8,
-        seed=seed,
-    )
     counter = f'{ROUTER_COUNTER}{{worker="{victim_url}"}}'
     samples: list[tuple[float, float]] = []
     done = threading.Event()
-    stopped: dict[str, float] = {}
 
     def poll() -> None:
         while not done.is_set():
@@ -224,30 +213,25 @@ def router_failover(
             done.wait(0.5)
 
     def stopper() -> None:
-        time.sleep(stop_at_s)
-        stopped["at"] = time.perf_counter()
         progress(f"stopping the serving node behind {victim_url}")
         stop()
 
-    threads = [threading.Thread(target=poll), threading.Thread(target=stopper)]
-    for t in threads:
-        t.start()
-    cfg = LoadConfig(
-        router_url,
-        model,
-        concurrency=4,
-        interleave=True,
-        request_timeout_s=120,
-        max_seconds=duration_s,
-        api_key=api_key,
-    )
+    poller = threading.Thread(target=poll)
+    poller.start()
     try:
-        res = run(wl.conversations, cfg)
+        res, t_stop, _ = under_action(
+            router_url,
+            model,
+            drill_conversations(tok, 64, seed),
+            stopper,
+            api_key=api_key,
+            duration_s=duration_s,
+            action_at_s=stop_at_s,
+            concurrency=4,
+        )
     finally:
-        threads[1].join()
         done.set()
-        threads[0].join()
-    t_stop = stopped["at"]
+        poller.join()
     final = samples[-1][1]
     last_move = next((t for t, v in samples if v >= final), t_stop)
     window = max(0.0, last_move - t_stop)
@@ -318,9 +302,24 @@ def across(
     Reports failed requests, the longest time between two completions (the window users waited),
     and seconds from the action's start until the first request started after it completed.
     """
+    res, start, end = under_action(
+        url,
+        model,
+        drill_conversations(tok, 32, seed),
+        action,
+        api_key=api_key,
+        duration_s=duration_s,
+        action_at_s=action_at_s,
+        concurrency=concurrency,
+    )
+    return summarize_across(res.records, start, end)
+
+
+def drill_conversations(tok: TokenizerAdapter, users: int, seed: int) -> list:
+    """Short multi-round conversations for load across a fault (8 rounds of small turns)."""
     wl = multi_round_qa(
         tok,
-        users=32,
+        users=users,
         rounds=8,
         system_tokens=128,
         history_tokens=256,
@@ -328,6 +327,23 @@ def across(
         answer_tokens=8,
         seed=seed,
     )
+    return wl.conversations
+
+
+def under_action(
+    url: str,
+    model: str,
+    conversations: list,
+    action: Callable[[], None],
+    *,
+    api_key: str | None,
+    duration_s: float,
+    action_at_s: float,
+    concurrency: int,
+) -> tuple[RunResult, float, float]:
+    """Closed-loop load through *url* for *duration_s* with *action* run in a thread
+    *action_at_s* into it; the run and the action's start and end (``time.perf_counter``, the
+    clock of the requests' records)."""
     timing: dict[str, float] = {}
 
     def act() -> None:
@@ -341,16 +357,21 @@ def across(
     t = threading.Thread(target=act)
     t.start()
     cfg = LoadConfig(
-        url, model, concurrency=concurrency, interleave=True, request_timeout_s=120, api_key=api_key
+        url,
+        model,
+        concurrency=concurrency,
+        interleave=True,
+        request_timeout_s=120,
+        max_seconds=duration_s,
+        api_key=api_key,
     )
-    cfg.max_seconds = duration_s
     try:
-        res = run(wl.conversations, cfg)
+        res = run(conversations, cfg)
     finally:
         t.join()
     if "start" not in timing or timing["start"] > max((r.start for r in res.records), default=0.0):
         raise RuntimeError(f"the action ran after the load through {url} had ended: raise duration_s")
-    return summarize_across(res.records, timing["start"], timing["end"])
+    return res, timing["start"], timing["end"]
 
 
 def summarize_across(records: list, action_start: float, action_end: float) -> Across:
