@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from kvstack import REPO
@@ -31,11 +33,14 @@ def playbook(
     capture: bool = False,
     check_rc: bool = True,
     echo: bool = True,
+    timeout_s: float | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``ansible-playbook`` from the repo root.
 
     Output is streamed, or captured (``capture=True``: stdout and stderr together in
-    ``.stdout``, also echoed unless ``echo=False``). Raises CalledProcessError on failure when ``check_rc``.
+    ``.stdout``, also echoed unless ``echo=False``). Raises CalledProcessError on failure when
+    ``check_rc``; with ``timeout_s`` a run still going after that long is stopped (the whole process
+    group) and raises TimeoutExpired, its output so far printed first.
     """
     cmd = [ansible_bin("ansible-playbook"), playbook]
     if inventory:
@@ -56,13 +61,51 @@ def playbook(
     progress("running " + " ".join(cmd[1:]))
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"}
     if not capture:
-        return subprocess.run(cmd, cwd=REPO, env=env, check=check_rc)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return subprocess.run(cmd, cwd=REPO, env=env, check=check_rc, timeout=timeout_s)
+    proc = _run_captured(cmd, env, timeout_s)
     if echo:
         sys.stdout.write(proc.stdout)
     if check_rc and proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout)
     return proc
+
+
+def _run_captured(cmd: list[str], env: dict, timeout_s: float | None) -> subprocess.CompletedProcess:
+    """Run *cmd* with its output in a file, not a pipe: the wait ends when ansible-playbook does,
+    even if something it started still holds its output open. Stopped (its process group) on a
+    timeout or an interruption (Ctrl-C, a test's timeout), after printing the last of its output,
+    so the task it was on shows."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, text=True, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except BaseException as e:
+            _stop_group(proc)
+            out.seek(0)
+            text = out.read()
+            sys.stderr.write(f"ansible-playbook stopped ({type(e).__name__}); its last output:\n")
+            sys.stderr.write(text[-6000:] + "\n")
+            if isinstance(e, subprocess.TimeoutExpired):
+                raise subprocess.TimeoutExpired(cmd, e.timeout, output=text) from None
+            raise
+        out.seek(0)
+        return subprocess.CompletedProcess(cmd, rc, out.read())
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of *proc*, SIGKILL it if it is still there after 10 s."""
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def playbook_logged(name: str, log: Path, heading: str, **kwargs) -> subprocess.CompletedProcess:

@@ -44,8 +44,16 @@ def test_check_mode_with_dynamo_on_runs_clean_and_touches_nothing(up_lab, testin
     where it was never installed: no host fails, Dynamo's services are reported as changes to
     make, and no node has a file, package, unit or firewall rule more than before."""
     before = {n: testinfra_backend(n).check_output(NODE_STATE) for n in NODES}
+    # 82 s here; a hang stops at 10 min with the task it was on printed (CI once lost 25 min here)
     proc = provision.playbook(
-        check=True, diff=True, tags=TAGS, extra_vars=ON, capture=True, echo=False, check_rc=False
+        check=True,
+        diff=True,
+        tags=TAGS,
+        extra_vars=ON,
+        capture=True,
+        echo=False,
+        check_rc=False,
+        timeout_s=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
     recap = provision.recap(proc.stdout)
