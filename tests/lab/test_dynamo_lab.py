@@ -40,11 +40,13 @@ NODES = ("lab-serve1", "lab-serve2", "lab-kv1")
 
 
 def test_check_mode_with_dynamo_on_runs_clean_and_touches_nothing(up_lab, testinfra_backend):
-    """What a user runs first (README: `--check --diff`) on a lab where Dynamo is off, in CI one
-    where it was never installed: no host fails, Dynamo's services are reported as changes to
-    make, and no node has a file, package, unit or firewall rule more than before."""
+    """What a user runs first (README: `--check --diff`) on a lab where Dynamo is off (never
+    installed, or turned off since: etcd stopped with its data): no host fails, Dynamo's services
+    are reported as changes to make, and no node has a file, package, unit or firewall rule more
+    than before."""
     before = {n: testinfra_backend(n).check_output(NODE_STATE) for n in NODES}
-    # 82 s here; a hang stops at 10 min with the task it was on printed (CI once lost 25 min here)
+    # 1-3 min here; a hang stops at 10 min with the task it was on printed (CI lost 25 min to
+    # etcdctl waiting on a stopped etcd)
     proc = provision.playbook(
         check=True,
         diff=True,
