@@ -45,8 +45,8 @@ def test_check_mode_with_dynamo_on_runs_clean_and_touches_nothing(up_lab, testin
     are reported as changes to make, and no node has a file, package, unit or firewall rule more
     than before."""
     before = {n: testinfra_backend(n).check_output(NODE_STATE) for n in NODES}
-    # 1-3 min here; a hang stops at 10 min with the task it was on printed (CI lost 25 min to
-    # etcdctl waiting on a stopped etcd)
+    # 1-3 min here; a hang stops at 10 min with the task it was on printed (CI lost 25 min here;
+    # reproduced on the lab: etcdctl waiting on a stopped etcd)
     proc = provision.playbook(
         check=True,
         diff=True,
