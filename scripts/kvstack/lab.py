@@ -632,6 +632,19 @@ def node_pid(cfg: LabConfig, name: str) -> int | None:
     return _read_pid(cfg.pid_file(name))
 
 
+def _wait_exit(pid: int | None, deadline: float) -> bool:
+    """Wait until process *pid* is gone (True) or *deadline* (monotonic) passed (False)."""
+    while pid and _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not (pid and _pid_alive(pid))
+
+
+def wait_node_off(cfg: LabConfig, name: str, timeout_s: float) -> bool:
+    """Wait until node *name* is off (its supervisor exited, e.g. after a poweroff inside it, which
+    lab-up would otherwise take for a running node); False when it still runs after *timeout_s*."""
+    return _wait_exit(node_pid(cfg, name), time.monotonic() + timeout_s)
+
+
 def up(inventory_dir: Path | None = None, timeout: float = 120.0) -> LabConfig:
     """Bring every lab node up (idempotent) and wait until each answers on SSH."""
     check_host()
@@ -688,10 +701,9 @@ def down(inventory_dir: Path | None = None, timeout: float = 60.0) -> list[str]:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for name, pid in pids.items():
-        while pid and _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        stopped = _wait_exit(pid, deadline)
         cgroups = _lab_cgroups(name)
-        if pid and _pid_alive(pid):
+        if not stopped:
             progress(f"{name}: no clean shutdown in {timeout:.0f}s, killing")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)

@@ -5,7 +5,6 @@ back (lab-up) and rejoins. Figures printed and listed in the README."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -38,10 +37,7 @@ def test_serving_node_powered_off_behind_the_router(ep, up_lab, tmp_path):
     def start() -> None:
         # A node still shutting down (vLLM may take its stop timeout under load) counts as up to
         # lab-up: boot it again only once it is off.
-        deadline = time.monotonic() + 180
-        while lab.node_pid(up_lab, VICTIM) and time.monotonic() < deadline:
-            time.sleep(1)
-        assert not lab.node_pid(up_lab, VICTIM), f"{VICTIM} still running 180 s after its poweroff"
+        assert lab.wait_node_off(up_lab, VICTIM, 180), f"{VICTIM} still running 180 s after its poweroff"
         lab.up()
 
     out = faults.router_failover(
