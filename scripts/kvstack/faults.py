@@ -1,9 +1,11 @@
 """Fault drills on a running stack, under load, with the counters that say what happened.
 
 - :func:`kv_outage`: the KV server stopped while a serving node takes multi-round load, then
-  started again; LMCache's watchdog (roles/lmcache) restarts LMCache; load once more.
+  started again; LMCache's valkey client reconnects by itself; load once more.
 - :func:`lmcache_kill`: LMCache's server killed (SIGKILL) under load; systemd restarts it (and
   vLLM, which is ``PartOf`` it); failed requests and seconds until a request succeeds again.
+- :func:`kv_restart`: the KV server restarted or SIGKILLed under load through the router, until
+  every serving node's LMCache reconnected to it (nothing on the serving nodes restarts).
 - :func:`router_failover`: a serving node stopped under load sent through the router; the
   switch-over window, failed requests inside and after it, and seconds until it rejoins.
 - :func:`across`: any action (a restart, a kill) under load sent through what users call (the
@@ -17,6 +19,7 @@ LMCache supplied, LMCache's L1/L2 hits and its L2 stores submitted and completed
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import threading
 import time
@@ -37,6 +40,10 @@ LMCACHE_COUNTERS = {
     "l2_chunks_submitted": "lmcache_mp_l2_store_submitted_objects_chunks_total",
     "l2_chunks_stored": "lmcache_mp_l2_store_completed_objects_chunks_total",
 }
+
+
+#: What LMCache logs when a vLLM instance registers with it (CPU engine-driven, GPU).
+REGISTERED = "Registered (non-GPU context for instance|KV cache for GPU ID)"
 
 
 @dataclass
@@ -108,10 +115,33 @@ class Drill:
         """Run *cmd* on *node*; returns stdout."""
         return stack.run_on(self.ep, node, cmd).stdout.strip()
 
-    def wait_serving(self, timeout_s: float = 600) -> float:
-        """Seconds until vLLM answers /health and a completion again."""
+    def invocation(self) -> str:
+        """The id of LMCache's current (or coming) run on the node."""
+        return self.ssh(self.node, "systemctl show -p InvocationID --value lmcache")
+
+    def wait_registered(self, previous: str | None = None, timeout_s: float = 180) -> float:
+        """Seconds until LMCache runs (a run other than *previous*) and every vLLM instance of the
+        node registered its KV caches with it (its journal; vLLM does so as its engine starts)."""
+        t0 = time.monotonic()
+        want = len(self.ep.serving[self.node]["vllm"])
+        show = "systemctl show -p ActiveState -p InvocationID -p ActiveEnterTimestamp lmcache"
+        while True:
+            props = dict(ln.split("=", 1) for ln in self.ssh(self.node, show).splitlines() if "=" in ln)
+            if props.get("ActiveState") == "active" and props.get("InvocationID") != previous:
+                since = props["ActiveEnterTimestamp"]
+                grep = f"journalctl -u lmcache --since '{since}' -o cat | grep -c -E '{REGISTERED}' || true"
+                if int(self.ssh(self.node, grep) or 0) >= want:
+                    return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"{self.node}: vLLM not registered with LMCache after {timeout_s:.0f} s")
+            time.sleep(2)
+
+    def wait_serving(self, previous: str | None = None, timeout_s: float = 600) -> float:
+        """Seconds until vLLM answers /health and a completion again, registered with an LMCache
+        run other than *previous*."""
         t0 = time.monotonic()
         stack.wait_healthy(self.vllm, timeout_s)
+        self.wait_registered(previous, timeout_s)
         cfg = LoadConfig(self.vllm["url"], self.vllm["model"], api_key=self.vllm.get("api_key") or None)
         while time.monotonic() - t0 < timeout_s:
             if all(r.ok for r in run(self.workload(99_999, users=1)[:1], cfg).records):
@@ -120,45 +150,45 @@ class Drill:
         raise TimeoutError(f"{self.vllm['url']} did not serve within {timeout_s:.0f} s")
 
 
-def kv_outage(drill: Drill, kv_node: str, watchdog_timeout_s: float = 300) -> dict[str, Any]:
-    """Before / KV server stopped / after LMCache's watchdog restarted it, each under load.
+def kv_outage(
+    drill: Drill, kv_node: str, reconnect_timeout_s: float = 120, settle_s: float = 10
+) -> dict[str, Any]:
+    """Before / KV server stopped / after it started again, each under load on one node.
 
-    LMCache 0.5.6's RESP adapter does not reconnect once the KV server is back; the lmcache
-    role's watchdog timer restarts LMCache (and vLLM with it) when the KV server holds no
-    connection from the node. Reports seconds from the KV server's start to that restart and
-    from the restart to serving again.
+    LMCache's valkey client reconnects by itself: nothing on the node restarts. Reports seconds
+    from the KV server's start until the KV server lists LMCache's connections from the node
+    again, and whether LMCache ran on through it (its systemd invocation unchanged).
     """
     service = drill.ep.nodes[kv_node].get("kv_service") or "redis-server"
-    invocation = "systemctl show -p InvocationID --value lmcache"
+    first = drill.invocation()
     phases = [drill.phase("before", 1)]
     progress(f"stopping {service} on {kv_node}")
     drill.ssh(kv_node, f"systemctl stop {service}")
     try:
         phases.append(drill.phase("KV server down", 2))
     finally:
-        first = drill.ssh(drill.node, invocation)
         progress(f"starting {service} on {kv_node}")
         drill.ssh(kv_node, f"systemctl start {service}")
     back = time.monotonic()
-    progress(f"waiting for the watchdog on {drill.node} to restart lmcache (vLLM restarts with it)")
-    while drill.ssh(drill.node, invocation) == first:
-        if time.monotonic() - back > watchdog_timeout_s:
-            raise TimeoutError(f"lmcache on {drill.node} was not restarted within {watchdog_timeout_s:.0f} s")
-        time.sleep(1)
-    restarted_s = time.monotonic() - back
-    serving_s = drill.wait_serving()
-    phases.append(drill.phase("after the watchdog restarted LMCache", 4))
+    progress(f"waiting for LMCache on {drill.node} to reconnect to the KV server")
+    reconnected_s = wait_kv_clients(drill.ep, drill.node, reconnect_timeout_s) - back
+    # A redis that has just loaded its data answered slowly for a few seconds on the lab (stores
+    # timed out at lmcache_kv_request_timeout_s): measure the tier once it has settled.
+    time.sleep(settle_s)
+    phases.append(drill.phase("after the KV server is back", 4))
     return {
         "service": service,
         "phases": [asdict(p) for p in phases],
-        "watchdog_restart_s": round(restarted_s, 1),
-        "serving_again_s": round(serving_s, 1),
+        "reconnected_s": round(reconnected_s, 1),
+        "lmcache_ran_on": drill.invocation() == first,
     }
 
 
 def lmcache_kill(drill: Drill) -> dict[str, Any]:
     """SIGKILL LMCache's server 3 s into a load phase; failed requests and seconds to serve again."""
     killed: dict[str, float] = {}
+
+    previous = drill.invocation()
 
     def kill() -> None:
         time.sleep(3)
@@ -169,7 +199,7 @@ def lmcache_kill(drill: Drill) -> dict[str, Any]:
     t.start()
     ph = drill.phase("LMCache killed", 5, concurrency=4)
     t.join()
-    drill.wait_serving()
+    drill.wait_serving(previous)
     back_s = time.monotonic() - killed["at"]
     after = drill.phase("after systemd restarted it", 6)
     restarts = drill.ssh(drill.node, "systemctl show -p NRestarts --value lmcache")
@@ -340,11 +370,14 @@ def under_action(
     duration_s: float,
     action_at_s: float,
     concurrency: int,
+    settle_s: float | None = None,
 ) -> tuple[RunResult, float, float]:
     """Closed-loop load through *url* for *duration_s* with *action* run in a thread
-    *action_at_s* into it; the run and the action's start and end (``time.perf_counter``, the
-    clock of the requests' records)."""
+    *action_at_s* into it (with *settle_s*, the load stops that long after the action ended,
+    if sooner); the run and the action's start and end (``time.perf_counter``, the clock of the
+    requests' records)."""
     timing: dict[str, float] = {}
+    stop = threading.Event()
 
     def act() -> None:
         time.sleep(action_at_s)
@@ -353,6 +386,9 @@ def under_action(
             action()
         finally:
             timing["end"] = time.perf_counter()
+            if settle_s is not None:
+                time.sleep(settle_s)
+                stop.set()
 
     t = threading.Thread(target=act)
     t.start()
@@ -364,6 +400,7 @@ def under_action(
         request_timeout_s=120,
         max_seconds=duration_s,
         api_key=api_key,
+        stop=stop,
     )
     try:
         res = run(conversations, cfg)
@@ -393,3 +430,119 @@ def summarize_across(records: list, action_start: float, action_end: float) -> A
         f"{out.longest_gap_s:.2f} s; first completion after the action +{out.recovered_s} s"
     )
     return out
+
+
+class UnitWatch:
+    """Each node's units polled once a second for a while (one SSH session per node, in a thread):
+    which seconds a node had one of them not active."""
+
+    def __init__(self, ep: stack.Endpoints, units: dict[str, list[str]], seconds: float):
+        self.ep, self.units, self.seconds = ep, units, seconds
+        self.samples: dict[str, list[tuple[int, list[bool]]]] = {n: [] for n in units}
+        self.threads = [threading.Thread(target=self._poll, args=(n,)) for n in units]
+        self.flag = f"/run/kvstack-unitwatch.{os.getpid()}.{id(self)}"  # join() ends the polls
+
+    def _poll(self, node: str) -> None:
+        names = " ".join(self.units[node])
+        loop = (
+            f"while [ ! -e {self.flag} ]; do "
+            f'echo "$(date +%s) $(systemctl is-active {names} | tr "\\n" " ")"; sleep 1; done'
+        )
+        out = stack.run_on(self.ep, node, f"timeout {self.seconds:.0f} sh -c '{loop}'", warn=True)
+        for line in out.stdout.splitlines():
+            t, *states = line.split()
+            if len(states) == len(self.units[node]):
+                self.samples[node].append((int(t), [st == "active" for st in states]))
+
+    def start(self) -> UnitWatch:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def join(self) -> dict[str, Any]:
+        """Seconds each unit of each node was not active, and the most nodes with a unit down in
+        the same second; ends the polls first."""
+        for n in self.units:
+            stack.run_on(self.ep, n, f"touch {self.flag}", warn=True)
+        for t in self.threads:
+            t.join()
+        for n in self.units:
+            stack.run_on(self.ep, n, f"rm -f {self.flag}", warn=True)
+        down_s = {
+            n: {u: sum(not up[i] for _, up in s) for i, u in enumerate(self.units[n])}
+            for n, s in self.samples.items()
+        }
+        down = [{t for t, up in s if not all(up)} for s in self.samples.values()]
+        at_once = max((sum(t in d for d in down) for t in set().union(*down)), default=0)
+        return {
+            "down_s": down_s,
+            "nodes_down_at_once": at_once,
+            "samples": sum(map(len, self.samples.values())),
+        }
+
+
+def kv_restart(
+    ep: stack.Endpoints, tok: TokenizerAdapter, kv_node: str, *, kill: bool = False, duration_s: float = 300.0
+) -> dict[str, Any]:
+    """The KV server restarted (or SIGKILLed: systemd starts it again) under load sent through the
+    router, until every serving node's LMCache holds connections to the KV server again, then
+    20 s more: what clients saw, which units went down on which node and how many nodes at once,
+    and when each node reconnected."""
+    service = ep.nodes[kv_node].get("kv_service") or "redis-server"
+    router = next(iter(ep.router.values()))
+    units = {n: ["lmcache", *(f"vllm@{v['instance']}" for v in s["vllm"])] for n, s in ep.serving.items()}
+    vllm = ep.vllm(next(iter(ep.serving)))
+    how = f"kill -s KILL {service}" if kill else f"restart {service}"
+    back: dict[str, float] = {}
+    errors: list[BaseException] = []
+
+    def action() -> None:
+        try:
+            stack.run_on(ep, kv_node, f"systemctl {how}")
+            progress("waiting for every serving node's LMCache to reach the KV server again")
+            for n in ep.serving:
+                wait_kv_clients(ep, n, timeout_s=duration_s)
+                back[n] = time.perf_counter()
+        except BaseException as e:  # raised again below, in the caller's thread
+            errors.append(e)
+
+    watch = UnitWatch(ep, units, duration_s + 40).start()
+    res, start, end = under_action(
+        router["url"],
+        vllm["model"],
+        drill_conversations(tok, 256, 0),
+        action,
+        api_key=vllm.get("api_key") or None,
+        duration_s=duration_s,
+        action_at_s=10.0,
+        concurrency=2,
+        settle_s=20.0,
+    )
+    if errors:
+        raise errors[0]
+    return {
+        "service": service,
+        "action": how,
+        # False: the load ended (time, or every conversation over) before every node was back
+        "load_outlasted_recovery": end <= max(r.start for r in res.records),
+        "stopped_by": res.stopped_by,
+        "conversations_aborted": res.conversations_aborted,
+        "clients": summarize_across(res.records, start, end).to_dict(),
+        "units": watch.join(),
+        "kv_clients_again_s": {n: round(t - start, 1) for n, t in back.items()},
+    }
+
+
+def wait_kv_clients(ep: stack.Endpoints, node: str, timeout_s: float) -> float:
+    """Wait until the KV server lists *node*'s LMCache connections (the valkey client: one per
+    worker, each reconnecting on its own; resp: any); monotonic time."""
+    lm = ep.lmcache(node)
+    addr = ep.nodes[node].get("cluster_address") or ep.nodes[node]["ssh_host"]
+    want = int(lm.get("kv_workers") or 1) if lm.get("kv_client", "valkey") == "valkey" else 1
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        clients = stack.kv_clients(lm)
+        if sum(c.rsplit(":", 1)[0] == addr for c in clients) >= want:
+            return time.monotonic()
+        time.sleep(1)
+    raise TimeoutError(f"{node}: fewer than {want} connections to the KV server after {timeout_s:.0f} s")

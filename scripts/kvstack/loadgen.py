@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -66,6 +67,8 @@ class LoadConfig:
     interleave: bool = False
     #: merged into every request body (e.g. ``{"top_k": 1}``); overrides the defaults
     extra_body: dict[str, Any] = field(default_factory=dict)
+    #: set from another thread: no further request starts (a drill whose action has ended)
+    stop: threading.Event | None = None
 
     def __post_init__(self) -> None:
         if self.mode == "closed" and self.concurrency < 1:
@@ -245,6 +248,9 @@ class _Runner:
             return True
         if self.deadline is not None and time.perf_counter() >= self.deadline:
             self.stopped_by = "max_seconds"
+            return True
+        if self.cfg.stop is not None and self.cfg.stop.is_set():
+            self.stopped_by = "stop"
             return True
         return False
 

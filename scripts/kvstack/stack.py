@@ -196,21 +196,34 @@ def _ssh_scrape(ep: Endpoints, node: str, url: str) -> m.Snapshot:
         return m.Snapshot(error=f"{node}: {url}: {brief(e)}")
 
 
-def _kv_info(lm: dict[str, Any]) -> m.Snapshot:
-    """INFO of the KV server LMCache uses."""
+def _kv_client(lm: dict[str, Any]) -> Any:
+    """A redis-py client of the KV server LMCache uses (its password, a 10 s timeout)."""
     import redis
 
+    return redis.Redis(
+        host=lm["kv_host"], port=int(lm["kv_port"]), password=lm.get("kv_password") or None, socket_timeout=10
+    )
+
+
+def _kv_info(lm: dict[str, Any]) -> m.Snapshot:
+    """INFO of the KV server LMCache uses."""
     try:
-        r = redis.Redis(
-            host=lm["kv_host"],
-            port=int(lm["kv_port"]),
-            password=lm.get("kv_password") or None,
-            socket_timeout=10,
-        )
-        with contextlib.closing(r):
+        with contextlib.closing(_kv_client(lm)) as r:
             return m.parse_info(r.info("all"))
     except Exception as e:
         return m.Snapshot(error=f"KV server {lm['kv_host']}:{lm['kv_port']}: {type(e).__name__}")
+
+
+def kv_clients(lm: dict[str, Any]) -> list[str]:
+    """Addresses (host:port) of the KV server's clients; [] while it does not answer or still
+    loads its data (redis answers CLIENT LIST then, but refuses reads and writes)."""
+    try:
+        with contextlib.closing(_kv_client(lm)) as r:
+            if int(r.info("persistence").get("loading", 0)):
+                return []
+            return [c["addr"] for c in r.client_list()]
+    except Exception:  # down or restarting: no clients yet
+        return []
 
 
 def run_datapath(ep: Endpoints, node: str, sizes: tuple[int, ...], n: int) -> dict[str, Any]:

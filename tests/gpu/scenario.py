@@ -143,6 +143,14 @@ def exec_start(unit_text: str) -> list[str]:
     return [a.replace("%%", "%").replace("$$", "$") for a in shlex.split(line.removeprefix("ExecStart="))]
 
 
+def lmcache_server_args(unit_text: str) -> list[str]:
+    """What ``lmcache server`` gets from lmcache.service (the unit runs it through the launcher:
+    ``python lmcache_launch.py server ARGS``)."""
+    argv = exec_start(unit_text)
+    assert argv[1].endswith("/lmcache_launch.py") and argv[2] == "server", argv[:3]
+    return argv[3:]
+
+
 TP_SCENARIO = {
     "vllm_instances": [
         {"name": "tp01", "port": 8000, "gpus": "0,1", "tensor_parallel_size": 2},

@@ -20,7 +20,7 @@ import json
 import shlex
 
 import pytest
-from scenario import exec_start
+from scenario import exec_start, lmcache_server_args
 
 from kvstack import REPO
 
@@ -103,10 +103,10 @@ def lmcache_checks(node, example, tp_ubuntu):
     """LMCache's verdict on both scenarios' CUDA server argv and on the lab node's own unit."""
     lab_unit = node.file("/etc/systemd/system/lmcache.service").content_string
     calls = [
-        (exec_start(r.unit("gpu-node01", "lmcache.service"))[2:], {"device": "cuda"})
+        (lmcache_server_args(r.unit("gpu-node01", "lmcache.service")), {"device": "cuda"})
         for r in (example, tp_ubuntu)
     ]
-    calls.append((exec_start(lab_unit)[2:], {"device": "cpu"}))
+    calls.append((lmcache_server_args(lab_unit), {"device": "cpu"}))
     return checked(node, "lmcache_args", calls)
 
 
@@ -117,7 +117,7 @@ def test_lmcache_serves_the_mode_a_cuda_vllm_picks(lmcache_checks):
         assert cfg["connector_auto_mode"] == "lmcache_driven"
         # lmcache/v1/multiprocess/server.py registers the module of its one mode, or both for auto.
         assert cfg["supported_transfer_mode"] in ("auto", cfg["connector_auto_mode"]), cfg
-        assert cfg["l2_adapters"] == ["RESPL2AdapterConfig"]
+        assert cfg["l2_adapters"] == ["ValkeyL2AdapterConfig"]
         assert cfg["max_gpu_workers"] == 2
 
 

@@ -170,6 +170,7 @@ def test_worker_lmcache_follows_the_tier_profile(host, dynamo, hostvars):
         assert "LMCacheMPConnector" not in unit
     else:
         assert "LMCacheMPConnector" in unit and "PartOf=lmcache.service" in unit
+        assert "kv_load_failure_policy" in unit
 
 
 def _unit_command(host, unit: str) -> tuple[str, list[str], dict[str, str]]:

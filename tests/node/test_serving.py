@@ -118,14 +118,15 @@ def test_lmcache_never_started_before_its_virtualenv(host):
 
 
 def test_lmcache_holds_kv_server_connections(host, serving, hostvars, inv, resp, cluster_address):
-    """In the KV profiles the KV server holds LMCache's connections from this node, and the
-    watchdog that restores them (LMCache's RESP adapter does not reconnect) is scheduled."""
+    """In the KV profiles the KV server holds LMCache's connections from this node (the valkey
+    client: one per worker, authenticated with the password the launcher added). The watchdog
+    that restores them is scheduled with the resp client only (it does not reconnect)."""
     if serving["profile"] not in ("kv", "dram+kv"):
         pytest.skip(f"tier profile {serving['profile']} has no KV tier")
-    if hostvars.get("lmcache_kv_watchdog_enabled", True):
-        timer = host.service("lmcache-kv-watchdog.timer")
-        assert timer.is_enabled
-        assert timer.is_running
+    client = hostvars.get("lmcache_kv_client", "valkey")
+    timer = host.service("lmcache-kv-watchdog.timer")
+    watchdog = client == "resp" and hostvars.get("lmcache_kv_watchdog_enabled", True)
+    assert timer.is_running == bool(watchdog), client
     kv_host = hostvars.get("kv_host") or next(iter(inv.hosts("kv").values()))["ansible_host"]
     text = "\n".join(
         resp(
@@ -142,6 +143,26 @@ def test_lmcache_holds_kv_server_connections(host, serving, hostvars, inv, resp,
     clients = re.findall(r"id=(\d+) addr=([0-9a-f.:]+):\d+ ", text)
     ours = [cid for cid, addr in clients if addr == cluster_address and cid != own.group(1)]
     assert ours, f"no KV server client from {cluster_address}: {clients}"
+    if client == "valkey":
+        assert len(ours) >= int(hostvars.get("lmcache_kv_workers", 4)), clients
+
+
+def test_lmcache_keeps_the_kv_password_off_its_command_line_and_config(host, serving, hostvars):
+    """The KV server's password is in no process's command line, not in the (world-readable) unit
+    and not in LMCache's GET /config; only in the 0640 environment file."""
+    if serving["profile"] not in ("kv", "dram+kv"):
+        pytest.skip(f"tier profile {serving['profile']} has no KV tier")
+    password = hostvars["kv_password"]
+    env = host.file("/etc/lmcache/lmcache.env")
+    assert env.mode == 0o640 and env.user == "root"
+    assert password in host.check_output("cat /etc/lmcache/lmcache.env")
+    assert password not in host.file("/etc/systemd/system/lmcache.service").content_string
+    cmdlines = host.check_output("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '")
+    assert "lmcache_launch.py server" in cmdlines or hostvars.get("lmcache_kv_client") == "resp"
+    assert password not in cmdlines
+    port = str(hostvars.get("lmcache_http_port", 8080))
+    config = host.check_output("curl -sf http://127.0.0.1:%s/config", port)
+    assert '"l2_adapter_config"' in config and password not in config
 
 
 def test_health_and_model_listed(host, serving):

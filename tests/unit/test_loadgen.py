@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -260,6 +261,24 @@ def test_bounds_max_requests_and_max_seconds():
     assert by_time.stopped_by == "max_seconds" and 2 <= len(by_time.records) < 50
     assert took < 3.0
     assert all(r.start - by_time.records[0].start < 0.5 + 0.1 for r in by_time.records)
+
+
+def test_stop_event_ends_the_run_from_another_thread():
+    """A drill sets the event once its action is over: no request starts after it."""
+    stop = threading.Event()
+
+    async def go():
+        async with fake_server() as (_, url):
+            asyncio.get_running_loop().call_later(0.4, stop.set)
+            return await run_load(
+                single([f"p{i}" for i in range(200)], 2),
+                LoadConfig(url, "tiny", concurrency=2, max_seconds=30, stop=stop),
+            )
+
+    t0 = time.perf_counter()
+    res = asyncio.run(go())
+    assert res.stopped_by == "stop" and 2 <= len(res.records) < 200
+    assert time.perf_counter() - t0 < 3.0
 
 
 def test_open_loop_at_qps_overlaps_requests():
