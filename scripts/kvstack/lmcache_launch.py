@@ -125,8 +125,9 @@ def main() -> None:
     argv = sys.argv[1:]
     password = os.environ.pop("KVSTACK_KV_PASSWORD", "")
     username = os.environ.pop("KVSTACK_KV_USERNAME", "") or "default"
-    if kv_servers(argv):
-        wait_reachable(kv_servers(argv), lambda s: print(s, file=sys.stderr, flush=True))
+    servers = kv_servers(argv)
+    if servers:
+        wait_reachable(servers, lambda s: print(s, file=sys.stderr, flush=True))
         if password:
             argv = with_credentials(argv, username, password, lmcache_swaps_credentials())
     mask_config_api()
