@@ -354,6 +354,19 @@ class RespClient:
         self.sock.sendall(self._header([_b(a) for a in args]))
         return self._read_reply()
 
+    def pipeline(self, commands: Sequence[Sequence[str | bytes]]) -> list[Any]:
+        """Send *commands* at once, then read their replies in order; an error reply reads None."""
+        if not commands:
+            return []
+        self.sock.sendall(b"".join(self._header([_b(a) for a in c]) for c in commands))
+        out: list[Any] = []
+        for _ in commands:
+            try:
+                out.append(self._read_reply())
+            except RespError:
+                out.append(None)
+        return out
+
     def set(self, key: str | bytes, value: Buffer) -> None:
         """``SET key value``: header, *value* itself and CRLF, gathered (no copy of the value)."""
         mv = memoryview(value).cast("B")

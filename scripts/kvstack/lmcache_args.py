@@ -39,12 +39,17 @@ def check(argv: list[str], device: str | None = None) -> dict[str, Any]:
     mp = parse_args_to_mp_server_config(args)
     storage = parse_args_to_config(args)
     parse_args_to_observability_config(args)
+    adapters = storage.l2_adapter_config.adapters
     out: dict[str, Any] = {
         "supported_transfer_mode": mp.supported_transfer_mode,
         "max_gpu_workers": mp.max_gpu_workers,
         "chunk_size": mp.chunk_size,
         "shm_name": mp.shm_name,
-        "l2_adapters": [type(c).__name__ for c in storage.l2_adapter_config.adapters],
+        "l2_adapters": [type(c).__name__ for c in adapters],
+        # What bounds each adapter: LMCache's own accounting, its eviction policy, the keys' TTL.
+        "l2_max_capacity_gb": [getattr(c, "max_capacity_gb", 0.0) for c in adapters],
+        "l2_eviction": [getattr(c.eviction_config, "eviction_policy", None) for c in adapters],
+        "l2_ttl_seconds": [getattr(c, "ttl_seconds", None) for c in adapters],
     }
     if device:
         from lmcache.v1.platform._device_detect import get_device_spec

@@ -105,6 +105,32 @@ def reset_prefix_cache(vllm: dict[str, Any]) -> bool:
     return post(vllm["url"] + "/reset_prefix_cache", auth_headers(vllm)) == 200
 
 
+def complete(
+    url: str,
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int = 8,
+    api_key: str | None = None,
+    timeout: float = 120.0,
+) -> str:
+    """One greedy, non-streaming completion from *url* (a vLLM or the router): its text.
+
+    Raises:
+        OSError: the request failed (``urllib.error.HTTPError`` for an HTTP error status).
+    """
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    headers = {
+        "Content-Type": "application/json",
+        **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
+    }
+    req = urllib.request.Request(
+        url.rstrip("/") + "/v1/completions", data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())["choices"][0]["text"]
+
+
 def wait_healthy(vllm: dict[str, Any], timeout_s: float = 900.0) -> None:
     """Poll /health until vLLM answers 200."""
     deadline = time.monotonic() + timeout_s

@@ -128,3 +128,14 @@ def test_the_lab_server_serves_the_cpu_connectors_mode_too(lmcache_checks):
     cfg = res["result"]
     assert cfg["connector_auto_mode"] == "engine_driven"
     assert cfg["supported_transfer_mode"] in ("auto", cfg["connector_auto_mode"]), cfg
+
+
+def test_lmcache_bounds_what_each_node_writes_to_the_kv_tier(lmcache_checks):
+    """The example's budget (kv_capacity_gb 3300) x lmcache_kv_capacity_share 0.5 over its two
+    serving nodes, with LRU eviction and the keys' TTL, as LMCache's own parser reads them; the
+    lab's 2.2 GiB the same way."""
+    cfg = lmcache_checks[0]["result"]
+    assert cfg["l2_max_capacity_gb"] == [825.0], cfg
+    assert cfg["l2_eviction"] == ["LRU"] and cfg["l2_ttl_seconds"] == [2592000], cfg
+    lab = lmcache_checks[2]["result"]
+    assert lab["l2_max_capacity_gb"] == [0.55] and lab["l2_eviction"] == ["LRU"], lab

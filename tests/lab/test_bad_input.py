@@ -22,6 +22,7 @@ CASES = [
         {"redis_server_maxmemory_mb": 10_000_000},
         "redis_server_maxmemory_mb",
     ),
+    ("KV-tier budget larger than the KV node's memory", {"kv_capacity_gb": 100_000}, "kv_capacity_gb"),
     ("chunk size not a multiple of the block size", {"lmcache_chunk_size": 200}, "lmcache_chunk_size"),
     ("chunk size zero", {"lmcache_chunk_size": 0}, "lmcache_chunk_size"),
     ("KV port out of range", {"kv_port": 70000}, "kv_port"),

@@ -307,7 +307,18 @@ def test_baremetal_example_inventory_renders_with_its_vault(tmp_path):
     assert parsed["requirepass"] and parsed["requirepass"] not in vault.read_text()
     assert parsed["dir"] == "/srv/nvme/kvrocks"
     assert parsed["rocksdb.enable_blob_files"] == "yes"  # kvrocks_profile: nvme_large_values
-    assert parsed["max-db-size"] != "0"
+    assert parsed["max-db-size"] == "2970"  # kv_capacity_gb 3300 less kv_capacity_headroom 0.1
+
+
+def test_kv_budget_sets_max_db_size_and_a_budget_below_one_gib_is_refused(tmp_path):
+    proc, conf = render_kvrocks(tmp_path, kv_capacity_gb=10, kv_capacity_headroom=0.2)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert dict(parse_conf(conf.read_text()))["max-db-size"] == "8"
+    conf.unlink()
+    proc, conf = render_kvrocks(tmp_path, kv_capacity_gb=0.5)
+    assert proc.returncode != 0
+    assert "kv_capacity_gb 0.5" in proc.stdout and "raise kv_capacity_gb" in proc.stdout
+    assert not conf.exists()
 
 
 # --- redis_server: the lab's stand-in, started for real -------------------------------------
@@ -346,6 +357,20 @@ def test_redis_conf_binds_the_cluster_address_and_persists(tmp_path):
     assert parsed["save"] and parsed["maxmemory"] == "2048mb"
     assert parsed["maxmemory-policy"] == "allkeys-lru"
     assert conf.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize(("var", "value"), [("kv_capacity_gb", "lots"), ("kv_capacity_headroom", 1.5)])
+def test_kv_budget_that_is_not_a_size_is_refused_naming_it(var, value):
+    """roles/common's checks (every node's preflight) of the budget every KV limit derives from."""
+    proc = run_entry_point("common", {var: value, "cluster_address": "10.77.0.21"}, "validate.yml")
+    assert proc.returncode != 0
+    assert f"{var} must be" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_redis_maxmemory_comes_from_the_kv_budget(tmp_path):
+    proc, conf = render_redis(tmp_path, kv_capacity_gb=2.2, kv_capacity_headroom=0.1)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert dict(parse_conf(conf.read_text()))["maxmemory"] == "2027mb"  # 2.2 x 0.9 x 1024
 
 
 def test_redis_empty_password_fails_naming_the_variable(tmp_path):
