@@ -90,3 +90,23 @@ def test_config_and_secret_not_world_readable(host, kv):
 def test_unit_passes_systemd_analyze_verify(host, kv):
     out = host.run(f"systemd-analyze verify --man=no {kv['service']}.service")
     assert out.rc == 0, out.stderr
+
+
+def test_janitor_runs_where_the_server_refuses_writes_at_its_limit(host, resp, kv, cluster_address):
+    """roles/kv_janitor: its timer runs exactly where the server refuses writes at its limit
+    instead of evicting (Kvrocks; redis with noeviction); its env file, which holds the
+    password, is root's only; its last pass did not fail."""
+    if kv["kind"] == "redis":
+        cmds = ["AUTH|@PASSWORD", "CONFIG|GET|maxmemory-policy", "CONFIG|GET|maxmemory"]
+        _, policy, limit = resp(cluster_address, kv["port"], kv["password"], *cmds)
+        refuses, seen = "noeviction" in policy, f"{policy}; {limit}"
+    else:
+        refuses, seen = True, "Kvrocks never evicts"
+    timer = host.service("kvstack-kv-janitor.timer")
+    assert timer.is_running == refuses and timer.is_enabled == refuses, seen
+    env = host.file("/etc/kvstack/kv-janitor.env")
+    if env.exists:
+        assert env.user == "root" and env.mode & 0o077 == 0, oct(env.mode)
+    if refuses:
+        result = host.check_output("systemctl show -p Result --value kvstack-kv-janitor.service")
+        assert result == "success", result
