@@ -25,6 +25,7 @@ from kvstack.log import progress
 from kvstack.routing import log_run, measured_run
 from kvstack.stack import Endpoints, StackError, fetch_endpoints, lmcache_source
 from kvstack.stats import SLO
+from kvstack.waits import wait_until
 
 #: Configurations in run order (each differs from the one before by one worker's restart):
 #: label -> (number of workers, LMCache attached).
@@ -73,27 +74,17 @@ def apply(inventory: Path | None, workers: list[str], on: list[str], lmcache: bo
     if off:
         runs.append((",".join(off), {**base, "dynamo_worker_enabled": False}))
     for limit, extra in runs:
-        out = provision.playbook_logged(
-            "site.yml",
-            log,
-            f"dynamo {extra}" + (f" on {limit}" if limit else ""),
-            inventory=inventory,
-            limit=limit,
-            tags=TAGS,
-            extra_args=["-e", json.dumps(extra)],
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"site.yml --tags {TAGS} failed (rc {out.returncode}); see {log}")
+        heading = f"dynamo {extra}" + (f" on {limit}" if limit else "")
+        provision.apply(log, heading, inventory=inventory, limit=limit, tags=TAGS, extra_vars=extra)
     return time.monotonic() - t0
 
 
 def restore(inventory: Path | None, log: Path) -> None:
     """Dynamo back to what the inventory says (off unless its dynamo_enabled is true)."""
-    out = provision.playbook_logged(
-        "site.yml", log, "dynamo back to the inventory's settings", inventory=inventory, tags=TAGS
-    )
-    if out.returncode != 0:
-        progress(f"could not restore Dynamo (rc {out.returncode}); run: fab provision --tags {TAGS}")
+    try:
+        provision.apply(log, "dynamo back to the inventory's settings", inventory=inventory, tags=TAGS)
+    except RuntimeError as e:
+        progress(f"could not restore Dynamo ({e}); run: fab provision --tags {TAGS}")
 
 
 def frontend_workers(url: str) -> int:
@@ -114,14 +105,18 @@ def _generate(instance: dict[str, Any]) -> bool:
 
 def wait_workers(url: str, n: int, model: str, timeout_s: float = 600) -> None:
     """Wait until the frontend lists exactly *n* workers and answers a completion for *model*."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        seen = frontend_workers(url)
-        if seen == n and _completes(url, model):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Dynamo frontend {url}: {seen} of {n} workers after {timeout_s:.0f} s")
-        time.sleep(3)
+    seen = [0]
+
+    def ready() -> bool:
+        seen[0] = frontend_workers(url)
+        return seen[0] == n and _completes(url, model)
+
+    wait_until(
+        ready,
+        timeout_s,
+        3,
+        lambda: f"Dynamo frontend {url}: {seen[0]} of {n} workers after {timeout_s:.0f} s",
+    )
 
 
 def _completes(url: str, model: str) -> bool:

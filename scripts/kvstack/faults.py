@@ -32,6 +32,7 @@ from kvstack import stack
 from kvstack.loadgen import LoadConfig, RunResult, run
 from kvstack.log import progress
 from kvstack.routing import ROUTER_COUNTER, healthy_backends
+from kvstack.waits import wait_until
 from kvstack.workloads import TokenizerAdapter, multi_round_qa
 
 LMCACHE_COUNTERS = {
@@ -539,10 +540,14 @@ def wait_kv_clients(ep: stack.Endpoints, node: str, timeout_s: float) -> float:
     lm = ep.lmcache(node)
     addr = ep.nodes[node].get("cluster_address") or ep.nodes[node]["ssh_host"]
     want = int(lm.get("kv_workers") or 1) if lm.get("kv_client", "valkey") == "valkey" else 1
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def connected() -> float:
         clients = stack.kv_clients(lm)
-        if sum(c.rsplit(":", 1)[0] == addr for c in clients) >= want:
-            return time.monotonic()
-        time.sleep(1)
-    raise TimeoutError(f"{node}: fewer than {want} connections to the KV server after {timeout_s:.0f} s")
+        return time.monotonic() if sum(c.rsplit(":", 1)[0] == addr for c in clients) >= want else 0.0
+
+    return wait_until(
+        connected,
+        timeout_s,
+        1,
+        lambda: f"{node}: fewer than {want} connections to the KV server after {timeout_s:.0f} s",
+    )

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from kvstack import REPO
@@ -106,6 +107,30 @@ def _stop_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def apply(
+    log: Path,
+    heading: str,
+    *,
+    tags: str,
+    inventory: str | Path | None = None,
+    limit: str | None = None,
+    extra_vars: dict | None = None,
+) -> float:
+    """``site.yml --tags TAGS`` (with *extra_vars*, on *limit*'s hosts), its output appended to
+    *log*: how the bench switches a configuration. Returns the seconds it took.
+
+    Raises:
+        RuntimeError: the run failed (the message names the tags and the log).
+    """
+    t0 = time.monotonic()
+    out = playbook_logged(
+        "site.yml", log, heading, inventory=inventory, limit=limit, tags=tags, extra_vars=extra_vars
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"site.yml --tags {tags} failed ({heading}, rc {out.returncode}); see {log}")
+    return time.monotonic() - t0
 
 
 def playbook_logged(name: str, log: Path, heading: str, **kwargs) -> subprocess.CompletedProcess:

@@ -11,19 +11,17 @@ server and the router itself are read before and after. Per node the report gets
 
 from __future__ import annotations
 
-import json
-import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvstack import measure, provision
 from kvstack import metrics as m
-from kvstack import provision
-from kvstack.loadgen import LoadConfig, log_progress, run
+from kvstack.loadgen import LoadConfig, log_progress
 from kvstack.log import progress
 from kvstack.stack import Endpoints, StackError, metric_sources, reset_prefix_cache, wait_healthy
-from kvstack.stats import SLO, summarize, write_jsonl
+from kvstack.stats import SLO, summarize
+from kvstack.waits import wait_until
 
 #: Configurations in run order: label -> (number of backend nodes, policy).
 CONFIGS: dict[str, tuple[int, str]] = {
@@ -56,20 +54,15 @@ def router_of(ep: Endpoints) -> Router:
 
 def apply(inventory: Path | None, router: Router, nodes: list[str], policy: str, log: Path) -> float:
     """Point the router at *nodes* with *policy* (site.yml --tags router); returns seconds."""
-    t0 = time.monotonic()
     progress(f"router: {policy} over {', '.join(nodes)} (site.yml --tags router)")
-    out = provision.playbook_logged(
-        "site.yml",
+    return provision.apply(
         log,
         f"router {policy} over {nodes}",
         inventory=inventory,
         limit=router.host,
         tags="router",
-        extra_args=["-e", json.dumps({"router_policy": policy, "router_backend_hosts": nodes})],
+        extra_vars={"router_policy": policy, "router_backend_hosts": nodes},
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"site.yml --tags router failed (rc {out.returncode}); see {log}")
-    return time.monotonic() - t0
 
 
 def healthy_backends(metrics_url: str) -> set[str]:
@@ -84,16 +77,18 @@ def healthy_backends(metrics_url: str) -> set[str]:
 
 def wait_backends(router: Router, n: int, timeout_s: float = 300) -> None:
     """Wait until the router reports *n* healthy backends."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        healthy = len(healthy_backends(router.metrics_url))
-        if healthy >= n:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"router {router.url}: {healthy} of {n} backends healthy after {timeout_s:.0f} s"
-            )
-        time.sleep(2)
+    seen = [0]
+
+    def enough() -> bool:
+        seen[0] = len(healthy_backends(router.metrics_url))
+        return seen[0] >= n
+
+    wait_until(
+        enough,
+        timeout_s,
+        2,
+        lambda: f"router {router.url}: {seen[0]} of {n} backends healthy after {timeout_s:.0f} s",
+    )
 
 
 def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -119,17 +114,15 @@ def measured_run(
     out_dir: Path,
     slo: SLO,
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[str], str]:
-    """One run of *conversations* with *sources* read before and after; the requests go to
-    ``out_dir/<kind>__<label>.jsonl`` and the counter deltas beside them. Returns (summary,
-    deltas, counter errors, the JSONL's path relative to the results directory)."""
-    before = m.snapshot_all(sources)
-    res = run(conversations, lc, log_progress(f"{kind} {label}", every=max(10, len(conversations))))
-    deltas, errors = m.deltas_between(before, m.snapshot_all(sources))
-    stem = f"{kind}__{re.sub(r'[^A-Za-z0-9_.-]+', '-', label)}"
-    write_jsonl(res.records, out_dir / f"{stem}.jsonl")
-    (out_dir / f"{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
-    summary = summarize(res.records, slo=slo, wall_time_s=res.wall_time_s).to_dict()
-    return summary, deltas, errors, f"runs/{stem}.jsonl"
+    """One run of *conversations* with *sources* read before and after (:mod:`kvstack.measure`);
+    the requests go to ``out_dir/<kind>__<label>.jsonl`` and the counter deltas beside them.
+    Returns (summary, deltas, counter errors, the JSONL's path relative to the results directory)."""
+    mr = measure.measured_run(
+        conversations, lc, sources, log_progress(f"{kind} {label}", every=max(10, len(conversations)))
+    )
+    name = measure.write_run(out_dir, f"{kind}__{measure.safe_name(label)}", mr.out.records, mr.deltas)
+    summary = summarize(mr.out.records, slo=slo, wall_time_s=mr.out.wall_time_s).to_dict()
+    return summary, mr.deltas, mr.errors, f"runs/{name}"
 
 
 def log_run(kind: str, label: str, summary: dict[str, Any], per: dict[str, dict[str, Any]]) -> None:
@@ -200,16 +193,16 @@ def target(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def restore(inventory: Path | None, router: Router, log: Path) -> None:
     """Put the router back as the inventory has it."""
-    out = provision.playbook_logged(
-        "site.yml",
-        log,
-        "router back to the inventory's settings",
-        inventory=inventory,
-        limit=router.host,
-        tags="router",
-    )
-    if out.returncode != 0:
-        progress(f"could not restore the router (rc {out.returncode}); run: fab provision --tags router")
+    try:
+        provision.apply(
+            log,
+            "router back to the inventory's settings",
+            inventory=inventory,
+            limit=router.host,
+            tags="router",
+        )
+    except RuntimeError as e:
+        progress(f"could not restore the router ({e}); run: fab provision --tags router")
 
 
 def run_routing(

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 from kvstack import metrics as m
 from kvstack import provision
 from kvstack.log import brief
+from kvstack.waits import wait_until
 
 
 class StackError(RuntimeError):
@@ -133,17 +133,15 @@ def complete(
 
 def wait_healthy(vllm: dict[str, Any], timeout_s: float = 900.0) -> None:
     """Poll /health until vLLM answers 200."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def healthy() -> bool:
         try:
             with urllib.request.urlopen(vllm["url"] + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return
+                return r.status == 200
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{vllm['url']}/health did not answer within {timeout_s:.0f} s")
-        time.sleep(2)
+            return False
+
+    wait_until(healthy, timeout_s, 2, lambda: f"{vllm['url']}/health did not answer within {timeout_s:.0f} s")
 
 
 def kv_space_tokens(vllm: dict[str, Any]) -> tuple[int, int]:

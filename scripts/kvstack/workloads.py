@@ -203,7 +203,7 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _seed(base: int, *parts: object) -> int:
+def derive_seed(base: int, *parts: object) -> int:
     """A stable 64-bit seed from *base* and labels (no Python hash randomisation)."""
     key = "/".join(map(str, (base, *parts))).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
@@ -214,7 +214,7 @@ def _text(tok: WordTokenizer, n_tokens: int, seed: int, taken: set[int] | None =
     if n_tokens == 0:
         return ""
     for attempt in range(1000):
-        text = make_prompt(tok, n_tokens, _seed(seed, attempt))
+        text = make_prompt(tok, n_tokens, derive_seed(seed, attempt))
         if taken is None:
             return text
         first = tok.encode(text.split(" ", 1)[0], add_special_tokens=False)[0]
@@ -257,15 +257,15 @@ def multi_round_qa(
     )
     if question_tokens < 1 or rounds < 1:
         raise ValueError("multi-round QA needs question_tokens >= 1 and rounds >= 1")
-    system = _text(tok, system_tokens, _seed(seed, "system"))
+    system = _text(tok, system_tokens, derive_seed(seed, "system"))
     first_tokens: set[int] = set()
     history_starts: set[int] = set()
     convs = []
     for u in range(users):
-        history = _text(tok, history_tokens, _seed(seed, "history", u), history_starts)
+        history = _text(tok, history_tokens, derive_seed(seed, "history", u), history_starts)
         turns = tuple(
             Turn(
-                _text(tok, question_tokens, _seed(seed, "q", u, r), first_tokens if r == 0 else None),
+                _text(tok, question_tokens, derive_seed(seed, "q", u, r), first_tokens if r == 0 else None),
                 question_tokens,
                 answer_tokens,
             )
@@ -309,10 +309,10 @@ def _prefixed(
     p_starts: set[int] = set()
     convs = []
     for i in range(n_prefixes):
-        prefix = _text(tok, prefix_tokens, _seed(seed, first, i), p_starts)
+        prefix = _text(tok, prefix_tokens, derive_seed(seed, first, i), p_starts)
         s_starts: set[int] = set()
         for k in range(n_suffixes):
-            text = _text(tok, suffix_tokens, _seed(seed, second, i, k), s_starts)
+            text = _text(tok, suffix_tokens, derive_seed(seed, second, i, k), s_starts)
             convs.append(
                 Conversation(
                     f"{short[0]}{i}/{short[1]}{k}",
@@ -345,7 +345,7 @@ def long_doc_qa(
     convs = _prefixed(
         tok, documents, repeats, doc_tokens, question_tokens, answer_tokens, seed, ("doc", "q"), ("doc", "q")
     )
-    random.Random(_seed(seed, "order")).shuffle(convs)
+    random.Random(derive_seed(seed, "order")).shuffle(convs)
     ws = documents * doc_tokens + (documents * repeats * question_tokens if repeats else 0)
     params = {
         "documents": documents,
@@ -388,7 +388,7 @@ def shared_prefix(
         ("p", "s"),
     )
     if shuffle:
-        random.Random(_seed(seed, "order")).shuffle(convs)
+        random.Random(derive_seed(seed, "order")).shuffle(convs)
     ws = prefixes * prefix_tokens + prefixes * suffixes * suffix_tokens
     params = {
         "prefixes": prefixes,

@@ -11,6 +11,9 @@ import pytest
 
 from kvstack import bench, loadgen, stack
 from kvstack.bench import BenchError, BenchOptions, Cell, Load
+from kvstack.bench import context as bench_context
+from kvstack.bench import options as bench_options
+from kvstack.bench import workload as bench_workload
 from kvstack.stats import SLO, RequestResult
 
 
@@ -221,19 +224,19 @@ def test_interrupted_run_keeps_what_it_measured(tmp_path, tokenizer_json, monkey
         ]
         return loadgen.RunResult(recs, 0.0, 3.0, "workload done", 3, 0)
 
-    monkeypatch.setattr(bench, "fetch_endpoints", lambda inv: ep)
+    monkeypatch.setattr(stack, "fetch_endpoints", lambda inv: ep)
     monkeypatch.setattr(
-        bench,
+        stack,
         "connection",
         lambda e, n: _FakeConnection({"tokenizer.json": tokenizer_json, "config.json": config}),
     )
-    monkeypatch.setattr(bench, "kv_space_tokens", lambda v: (2048, 128))
-    monkeypatch.setattr(bench, "switch", switch)
-    monkeypatch.setattr(bench, "wait_healthy", lambda v: None)
-    monkeypatch.setattr(bench, "warm_up", lambda *a: None)
-    monkeypatch.setattr(bench, "reset_prefix_cache", lambda v: True)
-    monkeypatch.setattr(bench, "metric_sources", lambda *a, **k: ([], {}))
-    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(stack, "kv_space_tokens", lambda v: (2048, 128))
+    monkeypatch.setattr(bench_context, "switch", switch)
+    monkeypatch.setattr(stack, "wait_healthy", lambda v: None)
+    monkeypatch.setattr(bench_workload, "warm_up", lambda *a: None)
+    monkeypatch.setattr(stack, "reset_prefix_cache", lambda v: True)
+    monkeypatch.setattr(stack, "metric_sources", lambda *a, **k: ([], {}))
+    monkeypatch.setattr(loadgen, "run", fake_run)
     opts = BenchOptions(
         profiles=("none", "kv"),
         users=2,
@@ -258,3 +261,73 @@ def test_interrupted_run_keeps_what_it_measured(tmp_path, tokenizer_json, monkey
     assert "Incomplete run" in report_md and f"profile `{missing}` at load `c4`: not run" in report_md
     assert switches == [first, missing, None]  # ... and the inventory's profile put back
     assert "sk-secret" not in "".join(f.read_text(errors="ignore") for f in out.rglob("*") if f.is_file())
+
+
+def test_fab_task_lists_every_option_with_its_help():
+    """``fab --help run-bench`` is built from BenchOptions: every field is an option there."""
+    import dataclasses
+    import inspect
+
+    names = {f.metadata.get("cli") or f.name for f in dataclasses.fields(BenchOptions)}
+    params = set(inspect.signature(bench_options.fab_task(lambda v: None)).parameters) - {"c"}
+    assert params == names and set(bench_options.task_help()) == names
+    assert all(bench_options.task_help().values())
+    for hidden_before in ("system_tokens", "question_tokens", "answer_tokens", "warmup", "probe_n", "switch"):
+        assert hidden_before in names
+
+
+def test_command_line_values_become_typed_options():
+    o = bench_options.from_cli(
+        {
+            "profiles": "none,kv",
+            "rounds": "3",
+            "kv_ratio": "2.5",
+            "probe": False,
+            "set_": ["lmcache_kv_workers=8"],
+            "datapath_sizes": "1024,2048",
+            "results": "/tmp/r",
+            "warmup": None,
+        }
+    )
+    assert o.profiles == ("none", "kv") and o.rounds == 3 and o.kv_ratio == 2.5 and not o.probe
+    assert o.extra_vars == {"lmcache_kv_workers": "8"} and o.datapath_sizes == (1024, 2048)
+    assert o.results_dir == Path("/tmp/r") and o.warmup == 2  # left out: the default
+    with pytest.raises(BenchError, match="--rounds"):
+        bench_options.from_cli({"rounds": "three"})
+    with pytest.raises(BenchError, match="--set"):
+        bench_options.from_cli({"set_": ["no-equals-sign"]})
+
+
+def test_kv_bytes_per_token_reads_the_models_dtype_and_head_dim():
+    base = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 256, "num_hidden_layers": 4}
+    assert bench_context.bytes_per_token({**base, "dtype": "float32"}) == 4 * 2 * 2 * 64 * 4
+    assert bench_context.bytes_per_token({**base, "torch_dtype": "bfloat16"}) == 4 * 2 * 2 * 64 * 2
+    assert (
+        bench_context.bytes_per_token({**base, "dtype": "bfloat16", "head_dim": 128}) == 4 * 2 * 2 * 128 * 2
+    )
+    assert bench_context.bytes_per_token(base) == 4 * 2 * 2 * 64 * 4  # no dtype: float32, as saved
+
+
+def test_seeds_are_derived_by_name_and_never_collide():
+    ctx = bench_context.Context(BenchOptions(), [], None, "n1", None, salt=12345, slo=SLO())
+    seeds = [ctx.seed("run", i, j) for i in range(20) for j in range(5)]
+    seeds += [ctx.seed("warm-up", i) for i in range(20)] + [ctx.seed("probe", "kv"), ctx.seed("sample")]
+    assert len(set(seeds)) == len(seeds)
+    assert ctx.seed("run", 1, 2) == bench_context.Context(
+        BenchOptions(), [], None, "n1", None, 12345, SLO()
+    ).seed("run", 1, 2)
+
+
+def test_every_step_follows_the_protocol():
+    for step in bench.STEPS:
+        assert isinstance(step.name, str) and isinstance(step.optional, bool)
+        assert callable(step.enabled) and callable(step.planned) and callable(step.run)
+    o = BenchOptions(probe=False, datapath=False, rocksdb=False, routing=False)
+    assert [s.name for s in bench.STEPS if s.enabled(o)] == ["matrix"]
+    assert [s.name for s in bench.STEPS if s.enabled(BenchOptions(matrix=False, dynamo=True))] == [
+        "TTFT probe",
+        "KV data path",
+        "RocksDB engine bench",
+        "routing",
+        "dynamo",
+    ]

@@ -1,0 +1,75 @@
+"""The steps that send load through what users call: the router (:mod:`kvstack.routing`: 1 vs 2
+nodes, round-robin vs cache-aware) and NVIDIA Dynamo's frontend (:mod:`kvstack.dynamo_bench`,
+``--dynamo``). Both run with the serving nodes on the inventory's tier profile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kvstack import dynamo_bench, loadgen, routing
+from kvstack.bench import workload
+from kvstack.bench.context import Context
+from kvstack.bench.options import BenchOptions, Load
+
+
+class RoutedStep:
+    """One of the two: *key* names its results.json key, *runner* its module's run function."""
+
+    optional = True
+
+    def __init__(self, key: str, runner: Callable[..., dict[str, Any]], with_api_key: bool):
+        self.name = self.key = key
+        self.runner, self.with_api_key = runner, with_api_key
+
+    def enabled(self, o: BenchOptions) -> bool:
+        return bool(getattr(o, self.key))
+
+    def planned(self, ctx: Context) -> dict[str, Any]:
+        return {}
+
+    def run(self, ctx: Context) -> None:
+        ctx.restore()
+        o, users = ctx.o, int(Load.parse(ctx.o.preset("routing_load")).value)
+        api_key = (ctx.vllm.get("api_key") or None) if self.with_api_key else None
+
+        def lc_for(url: str, model: str, i: int) -> loadgen.LoadConfig:
+            seed = ctx.seed(self.key, "load", i)
+            return loadgen.LoadConfig(
+                url,
+                model,
+                concurrency=users,
+                interleave=True,
+                seed=seed,
+                max_seconds=o.max_seconds,
+                api_key=api_key,
+            )
+
+        def conversations_for(i: int) -> list:
+            ratio = o.preset("routing_kv_ratio")
+            return workload.build_workload(
+                o, ctx.tok, ctx.kv_tokens, ctx.seed(self.key, "text", i), ratio
+            ).conversations
+
+        result = self.runner(
+            o.inventory,
+            ctx.ep,
+            conversations_for,
+            lc_for,
+            ctx.res.dir / "runs",
+            ctx.log,
+            ctx.slo,
+            lambda r: ctx.res.put(self.key, r),
+        )
+        ctx.res.data["missing"] += result["missing"]
+        ctx.res.put(self.key, result)
+
+
+def routing_step() -> RoutedStep:
+    """Through the router (the vLLM API key, when set, is the router's too)."""
+    return RoutedStep("routing", routing.run_routing, with_api_key=True)
+
+
+def dynamo_step() -> RoutedStep:
+    """Through Dynamo's frontend (which asks for no API key)."""
+    return RoutedStep("dynamo", dynamo_bench.run_dynamo, with_api_key=False)

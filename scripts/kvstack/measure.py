@@ -1,0 +1,55 @@
+"""One measured load run, the same for every step that sends load (the bench matrix, routing,
+Dynamo): counters snapshotted before and after, and the raw requests and counter deltas written
+beside the results as ``<stem>.jsonl`` and ``<stem>.metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvstack import loadgen
+from kvstack import metrics as m
+from kvstack.stats import RequestResult, write_jsonl
+
+
+@dataclass
+class Measured:
+    """One load run with the counters read around it."""
+
+    out: loadgen.RunResult
+    deltas: dict[str, dict[str, float]]
+    #: sources that could not be read (the run goes on; the report says what is missing)
+    errors: list[str]
+    #: per source, the names that are counters
+    counters: dict[str, set[str]]
+
+
+def measured_run(
+    conversations: list,
+    lc: loadgen.LoadConfig,
+    sources: list[m.Source],
+    progress: loadgen.Progress | None = None,
+) -> Measured:
+    """Run *conversations* with *lc*, *sources*' counters snapshotted before and after."""
+    before = m.snapshot_all(sources)
+    out = loadgen.run(conversations, lc, progress)
+    after = m.snapshot_all(sources)
+    deltas, errors = m.deltas_between(before, after)
+    return Measured(out, deltas, errors, {k: v.counters for k, v in after.items()})
+
+
+def safe_name(s: str) -> str:
+    """*s* as a file name (anything but letters, digits, ``_.-`` becomes ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s)
+
+
+def write_run(
+    out_dir: Path, stem: str, records: list[RequestResult], deltas: dict[str, dict[str, float]]
+) -> str:
+    """``out_dir/<stem>.jsonl`` (the requests) and ``<stem>.metrics.json`` (the deltas); the
+    JSONL's name."""
+    write_jsonl(records, out_dir / f"{stem}.jsonl")
+    (out_dir / f"{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
+    return f"{stem}.jsonl"
