@@ -43,7 +43,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 try:
@@ -455,6 +455,107 @@ def bench_raw_resp(
 # --------------------------------------------------------------------------------------------
 
 
+class _L2Driver:
+    """LMCache's ``resp`` L2 adapter driven through the interface the server's storage manager uses:
+    ``submit_store_task`` / ``pop_completed_store_tasks`` and ``submit_load_task`` /
+    ``query_load_result``, waiting on the adapter's event fds; values in ``TensorMemoryObj``
+    buffers, keys ``ObjectKey``\\s."""
+
+    def __init__(self, host: str, port: int, password: str | None, num_workers: int, timeout_s: float):
+        import torch
+        from lmcache.v1.distributed.api import ObjectKey
+        from lmcache.v1.distributed.l2_adapters.factory import create_l2_adapter_from_registry
+        from lmcache.v1.distributed.l2_adapters.resp_l2_adapter import RESPL2AdapterConfig
+        from lmcache.v1.memory_management import MemoryObjMetadata, TensorMemoryObj
+        from lmcache.v1.platform.event_notifier import consume_fd
+
+        self.torch, self.ObjectKey, self.consume_fd = torch, ObjectKey, consume_fd
+        self._meta, self._obj = MemoryObjMetadata, TensorMemoryObj
+        self.timeout_s = timeout_s
+        cfg = {"type": "resp", "host": host, "port": port, "num_workers": num_workers}
+        self.adapter = create_l2_adapter_from_registry(
+            RESPL2AdapterConfig.from_dict({**cfg, "password": password or ""})
+        )
+
+    def mem_obj(self, t: Any) -> Any:
+        """A uint8 tensor as the memory object L1 would hand the adapter."""
+        size = t.numel()
+        meta = self._meta(
+            shape=self.torch.Size([size]), dtype=self.torch.uint8, address=0, phy_size=size, ref_count=1
+        )
+        return self._obj(t, meta, None)
+
+    def key(self, size: int, i: int) -> Any:
+        """The *i*-th key of the *size* round."""
+        return self.ObjectKey(
+            chunk_hash=b"kvstack-%d-%d" % (size, i), model_name="kvstack-datapath", kv_rank=0
+        )
+
+    def _wait(self, fd: int, poll_result: Callable[[], Any], what: str) -> Any:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            res = poll_result()
+            if res is not None:
+                return res
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"LMCache L2 {what}: no completion within {self.timeout_s:.0f} s")
+            r, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if r:
+                self.consume_fd(fd)
+
+    def store(self, keys: list[Any], objs: list[Any]) -> None:
+        """One store task of *keys*; raises when it failed."""
+        tid = self.adapter.submit_store_task(keys, objs)
+        done: dict[int, Any] = {}
+
+        def poll() -> Any:
+            done.update(self.adapter.pop_completed_store_tasks())
+            return done.get(tid)
+
+        if int(self._wait(self.adapter.get_store_event_fd(), poll, "store")) < 0:  # L2StoreResult: -1 failed
+            raise RuntimeError(f"LMCache L2 store of {len(keys)} keys failed")
+
+    def load(self, keys: list[Any], objs: list[Any]) -> None:
+        """One load task of *keys* into *objs*; raises unless every key loaded."""
+        tid = self.adapter.submit_load_task(keys, objs)
+        bitmap = self._wait(
+            self.adapter.get_load_event_fd(), lambda: self.adapter.query_load_result(tid), "retrieve"
+        )
+        if bitmap.popcount() != len(keys):
+            raise RuntimeError(f"LMCache L2 retrieve: {bitmap.popcount()} of {len(keys)} keys loaded")
+
+    def timed_round(self, size: int, n: int, batch: int) -> tuple[list[float], list[float]]:
+        """Store then retrieve *n* values of *size* bytes in tasks of *batch* keys (after one
+        untimed warm-up key); the seconds of each task. Retrieved bytes are checked."""
+        torch = self.torch
+        src_t = torch.frombuffer(_pattern(size, seed=size), dtype=torch.uint8)
+        src = self.mem_obj(src_t)
+        dsts_t = [torch.zeros(size, dtype=torch.uint8) for _ in range(n)]
+        for t in dsts_t:
+            t.fill_(1)  # touch every page, as a preallocated L1 buffer is
+        dsts = [self.mem_obj(t) for t in dsts_t]
+        keys = [self.key(size, i) for i in range(n + 1)]
+        warmup = keys.pop()  # connections and server warm-up, untimed (as for the raw client)
+        self.store([warmup], [src])
+        self.load([warmup], [dsts[0]])
+        groups = [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
+        store_t, load_t = [], []
+        for g in groups:
+            t0 = time.perf_counter()
+            self.store([keys[i] for i in g], [src] * len(g))
+            store_t.append(time.perf_counter() - t0)
+        for g in groups:
+            t0 = time.perf_counter()
+            self.load([keys[i] for i in g], [dsts[i] for i in g])
+            load_t.append(time.perf_counter() - t0)
+        for t in (dsts_t[0], dsts_t[-1]):
+            if not torch.equal(t, src_t):
+                raise RuntimeError(f"LMCache L2 retrieve of {size} B: value differs from what was stored")
+        self.adapter.delete([*keys, warmup])
+        return store_t, load_t
+
+
 def bench_lmcache_l2(
     host: str,
     port: int,
@@ -470,114 +571,34 @@ def bench_lmcache_l2(
     The adapter is built exactly as ``lmcache server --l2-adapter '{"type": "resp", "host": H,
     "port": P, "num_workers": W}'`` builds it (``RESPL2AdapterConfig.from_dict`` +
     ``create_l2_adapter_from_registry``: a ``NativeConnectorL2Adapter`` over the C++
-    ``LMCacheRedisClient``) and driven through the L2 adapter interface the server's storage
-    manager uses: ``submit_store_task(keys, objs)`` / ``pop_completed_store_tasks()`` and
-    ``submit_load_task(keys, objs)`` / ``query_load_result()``, waiting on the adapter's event fds.
-    Values live in preallocated, touched ``TensorMemoryObj`` buffers (uint8 tensors), as L1
-    buffers do; keys are ``ObjectKey``\\s. Each task carries *batch* keys (default: all *n*), as
-    the server submits one task per request's chunks; the C++ client spreads a task over its
-    *num_workers* connections. Retrieved bytes are checked against the stored ones.
+    ``LMCacheRedisClient``) and driven as the server's storage manager drives it
+    (:class:`_L2Driver`). Values live in preallocated, touched ``TensorMemoryObj`` buffers (uint8
+    tensors), as L1 buffers do. Each task carries *batch* keys (default: all *n*), as the server
+    submits one task per request's chunks; the C++ client spreads a task over its *num_workers*
+    connections. Retrieved bytes are checked against the stored ones.
 
     Returns ``(rows, None)``, or ``([], note)`` when LMCache cannot be imported.
     """
     try:
-        import torch
-        from lmcache.v1.distributed.api import ObjectKey
-        from lmcache.v1.distributed.l2_adapters.factory import create_l2_adapter_from_registry
-        from lmcache.v1.distributed.l2_adapters.resp_l2_adapter import RESPL2AdapterConfig
-        from lmcache.v1.memory_management import MemoryObjMetadata, TensorMemoryObj
-        from lmcache.v1.platform.event_notifier import consume_fd
+        drv = _L2Driver(host, port, password, num_workers, timeout_s)
     except ImportError as e:
         return [], f"LMCache L2 path: lmcache not importable here ({e}); not measured"
-
-    sizes = list(sizes)
     batch = max(1, min(batch or n, n))
-    cfg = {"type": "resp", "host": host, "port": port, "num_workers": num_workers}
-    adapter = create_l2_adapter_from_registry(
-        RESPL2AdapterConfig.from_dict({**cfg, "password": password or ""})
-    )
-
-    def mem_obj(t: Any) -> Any:
-        size = t.numel()
-        meta = MemoryObjMetadata(
-            shape=torch.Size([size]), dtype=torch.uint8, address=0, phy_size=size, ref_count=1
-        )
-        return TensorMemoryObj(t, meta, None)
-
-    def wait(fd: int, poll_result: Any, what: str) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            res = poll_result()
-            if res is not None:
-                return res
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"LMCache L2 {what}: no completion within {timeout_s:.0f} s")
-            r, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if r:
-                consume_fd(fd)
-
-    def store(keys: list[Any], objs: list[Any]) -> None:
-        tid = adapter.submit_store_task(keys, objs)
-        done: dict[int, Any] = {}
-
-        def poll() -> Any:
-            done.update(adapter.pop_completed_store_tasks())
-            return done.get(tid)
-
-        if int(wait(adapter.get_store_event_fd(), poll, "store")) < 0:  # L2StoreResult: -1 = failed
-            raise RuntimeError(f"LMCache L2 store of {len(keys)} keys failed")
-
-    def load(keys: list[Any], objs: list[Any]) -> None:
-        tid = adapter.submit_load_task(keys, objs)
-        bitmap = wait(adapter.get_load_event_fd(), lambda: adapter.query_load_result(tid), "retrieve")
-        if bitmap.popcount() != len(keys):
-            raise RuntimeError(f"LMCache L2 retrieve: {bitmap.popcount()} of {len(keys)} keys loaded")
-
     rows: list[dict[str, Any]] = []
-    where = f"{host}:{port}"
     try:
         for size in sizes:
             progress(f"data path: LMCache L2 ({num_workers} workers, batch {batch}), {n} x {size} B")
-            src_t = torch.frombuffer(_pattern(size, seed=size), dtype=torch.uint8)
-            src = mem_obj(src_t)
-            dsts_t = [torch.zeros(size, dtype=torch.uint8) for _ in range(n)]
-            for t in dsts_t:
-                t.fill_(1)  # touch every page, as a preallocated L1 buffer is
-            dsts = [mem_obj(t) for t in dsts_t]
-            keys = [
-                ObjectKey(chunk_hash=b"kvstack-%d-%d" % (size, i), model_name="kvstack-datapath", kv_rank=0)
-                for i in range(n + 1)
-            ]
-            warmup = keys.pop()  # connections and server warm-up, untimed (as for the raw client)
-            store([warmup], [src])
-            load([warmup], [dsts[0]])
-            groups = [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
-            store_t: list[float] = []
-            for g in groups:
-                t0 = time.perf_counter()
-                store([keys[i] for i in g], [src] * len(g))
-                store_t.append(time.perf_counter() - t0)
-            load_t: list[float] = []
-            for g in groups:
-                t0 = time.perf_counter()
-                load([keys[i] for i in g], [dsts[i] for i in g])
-                load_t.append(time.perf_counter() - t0)
-            for t in (dsts_t[0], dsts_t[-1]):
-                if not torch.equal(t, src_t):
-                    raise RuntimeError(f"LMCache L2 retrieve of {size} B: value differs from what was stored")
-            adapter.delete([*keys, warmup])
+            store_t, load_t = drv.timed_round(size, n, batch)
             rows += _timed_rows(
                 ((PATH_L2_STORE, "set", store_t), (PATH_L2_RETRIEVE, "get", load_t)),
                 size,
                 n,
-                where,
+                f"{host}:{port}",
                 batch=batch,
                 num_workers=num_workers,
             )
-            del src, dsts, dsts_t
     finally:
-        adapter.close()
+        drv.adapter.close()
     return rows, None
 
 

@@ -18,12 +18,13 @@ LMCache supplied, LMCache's L1/L2 hits and its L2 stores submitted and completed
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -211,6 +212,27 @@ def lmcache_kill(drill: Drill) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _sampled(metrics_url: str, counter: str, every_s: float = 0.5) -> Iterator[list[tuple[float, float]]]:
+    """``(time.perf_counter(), value)`` of one router counter, polled in a thread while the block runs."""
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            snap = m.scrape(metrics_url, (ROUTER_COUNTER,))
+            samples.append((time.perf_counter(), snap.values.get(counter, 0.0)))
+            done.wait(every_s)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        poller.join()
+
+
 def router_failover(
     router_url: str,
     metrics_url: str,
@@ -234,22 +256,12 @@ def router_failover(
     victim healthy again once it was started.
     """
     counter = f'{ROUTER_COUNTER}{{worker="{victim_url}"}}'
-    samples: list[tuple[float, float]] = []
-    done = threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            snap = m.scrape(metrics_url, (ROUTER_COUNTER,))
-            samples.append((time.perf_counter(), snap.values.get(counter, 0.0)))
-            done.wait(0.5)
 
     def stopper() -> None:
         progress(f"stopping the serving node behind {victim_url}")
         stop()
 
-    poller = threading.Thread(target=poll)
-    poller.start()
-    try:
+    with _sampled(metrics_url, counter) as samples:
         res, t_stop, _ = under_action(
             router_url,
             model,
@@ -260,9 +272,6 @@ def router_failover(
             action_at_s=stop_at_s,
             concurrency=4,
         )
-    finally:
-        done.set()
-        poller.join()
     final = samples[-1][1]
     last_move = next((t for t, v in samples if v >= final), t_stop)
     window = max(0.0, last_move - t_stop)
@@ -274,14 +283,12 @@ def router_failover(
     )
     t_start = time.perf_counter()
     start()
-    while True:
-        if victim_url in healthy_backends(metrics_url):
-            break
-        if time.perf_counter() - t_start > rejoin_timeout_s:
-            raise TimeoutError(
-                f"{victim_url} not healthy in the router {rejoin_timeout_s:.0f} s after its start"
-            )
-        time.sleep(1)
+    wait_until(
+        lambda: victim_url in healthy_backends(metrics_url),
+        rejoin_timeout_s,
+        1,
+        lambda: f"{victim_url} not healthy in the router {rejoin_timeout_s:.0f} s after its start",
+    )
     rejoin_s = time.perf_counter() - t_start
     progress(f"{victim_url} healthy in the router again {rejoin_s:.0f} s after it was started")
     return {

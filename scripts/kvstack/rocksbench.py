@@ -171,19 +171,26 @@ def build_rocksdb_options(settings: Mapping[str, Any]) -> tuple[Any, Any, Any, l
         else:
             unmapped.append(key)
 
-    comp_name = str(s.get("compression", "snappy")).lower()
-    if comp_name in compressions:
-        comp = compressions[comp_name]
-        opts.set_compression_type(comp())
-        if "compression_level" in s:
-            # w_bits, level, strategy, max_dict_bytes: RocksDB's defaults but the level
-            opts.set_compression_options(-14, int(s["compression_level"]), 0, 0)
-        start = int(s.get("compression_start_level", 0))
-        if start > 0 and comp_name not in ("no", "none"):
-            levels = [rd.DBCompressionType.none() if i < start else comp() for i in range(_NUM_LEVELS)]
-            opts.set_compression_per_level(levels)
+    _apply_compression(rd, opts, s, compressions)
     opts.set_block_based_table_factory(table)
     return opts, wopts, ropts, sorted(unmapped)
+
+
+def _apply_compression(rd: Any, opts: Any, s: Mapping[str, Any], compressions: Mapping[str, Any]) -> None:
+    """``compression``, ``compression_level`` and ``compression_start_level`` as Kvrocks applies
+    them (no compression below the start level)."""
+    comp_name = str(s.get("compression", "snappy")).lower()
+    if comp_name not in compressions:
+        return
+    comp = compressions[comp_name]
+    opts.set_compression_type(comp())
+    if "compression_level" in s:
+        # w_bits, level, strategy, max_dict_bytes: RocksDB's defaults but the level
+        opts.set_compression_options(-14, int(s["compression_level"]), 0, 0)
+    start = int(s.get("compression_start_level", 0))
+    if start > 0 and comp_name not in ("no", "none"):
+        levels = [rd.DBCompressionType.none() if i < start else comp() for i in range(_NUM_LEVELS)]
+        opts.set_compression_per_level(levels)
 
 
 _STAT_LINE = re.compile(r"^(rocksdb\.[\w.\-]+)\s+(.*)$")
@@ -281,6 +288,21 @@ def drop_page_cache(directory: str) -> int:
     return advised
 
 
+def _timed_gets(db: Any, keys: list[bytes], value: bytes) -> list[float]:
+    """Seconds of each get of *keys*; every value must have *value*'s length, the last one equal it."""
+    get_t: list[float] = []
+    last = None
+    for k in keys:
+        t0 = time.perf_counter()
+        last = db.get(k)
+        get_t.append(time.perf_counter() - t0)
+        if last is None or len(last) != len(value):
+            raise RuntimeError(f"RocksDB get {k!r}: {None if last is None else len(last)} bytes")
+    if last != value:
+        raise RuntimeError("RocksDB get: value differs from what was put")
+    return get_t
+
+
 def bench_rocksdb_one(
     profile: str,
     settings: Mapping[str, Any],
@@ -326,16 +348,7 @@ def bench_rocksdb_one(
             if cold_reads:
                 drop_page_cache(d)
             after_put = parse_rocksdb_statistics(opts.get_statistics())
-            get_t: list[float] = []
-            last = None
-            for k in keys:
-                t0 = time.perf_counter()
-                last = db.get(k)
-                get_t.append(time.perf_counter() - t0)
-                if last is None or len(last) != value_bytes:
-                    raise RuntimeError(f"RocksDB get {k!r}: {None if last is None else len(last)} bytes")
-            if last != value:
-                raise RuntimeError("RocksDB get: value differs from what was put")
+            get_t = _timed_gets(db, keys, value)
             after_get = parse_rocksdb_statistics(opts.get_statistics())
             props = _db_props(db)
             files = sorted(os.listdir(d))

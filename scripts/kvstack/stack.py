@@ -250,16 +250,17 @@ def kv_clients(lm: dict[str, Any]) -> list[str]:
         return []
 
 
-def run_datapath(ep: Endpoints, node: str, sizes: tuple[int, ...], n: int) -> dict[str, Any]:
+def run_datapath(ep: Endpoints, node: str, sizes: tuple[int, ...], n: int, l2_workers: int) -> dict[str, Any]:
     """The KV data-path bench on *node* (the serving node's venv, so LMCache's own L2 client runs
-    there) against the KV server; the password goes over stdin, never argv."""
+    there, with *l2_workers* connections) against the KV server; the password goes over stdin,
+    never argv."""
     lm = ep.lmcache(node)
     src = Path(__file__).with_name("datapath.py")
     remote = "/tmp/kvstack-datapath.py"
     cmd = (
         f"IFS= read -r KVSTACK_KV_PASSWORD; export KVSTACK_KV_PASSWORD; "
         f"exec {lm['venv_python']} {remote} datapath --host {lm['kv_host']} --port {lm['kv_port']} "
-        f"--sizes {','.join(map(str, sizes))} --n {n}"
+        f"--sizes {','.join(map(str, sizes))} --n {n} --l2-workers {int(l2_workers)}"
     )
     with connection(ep, node) as c:
         c.put(str(src), remote)

@@ -41,7 +41,6 @@ def test_load_levels():
         ({"kv_ratio": 0.0}, "--kv-ratio"),
         ({"users": 0}, "--users"),
         ({"repeats": 0}, "--repeats"),
-        ({"chunk_sizes": (200,)}, "--chunk-sizes"),
         ({"chunk_sizes": (0,)}, "--chunk-sizes"),
         ({"max_seconds": -1.0}, "--max-seconds"),
         ({"datapath_sizes": (0,)}, "--datapath-sizes"),
@@ -331,3 +330,12 @@ def test_every_step_follows_the_protocol():
         "routing",
         "dynamo",
     ]
+
+
+def test_chunk_sizes_are_checked_against_the_nodes_block_size():
+    """GPU nodes (block size 16) take chunk sizes the CPU build (128) refuses, and the reverse."""
+    bench_options.check_chunk_sizes(BenchOptions(chunk_sizes=(256, 48)), "gpu1", 16)
+    with pytest.raises(
+        BenchError, match="--chunk-sizes: 200 is not a multiple of lab-serve1's vLLM block size 128"
+    ):
+        bench_options.check_chunk_sizes(BenchOptions(chunk_sizes=(256, 200)), "lab-serve1", 128)

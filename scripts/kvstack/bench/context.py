@@ -15,7 +15,7 @@ from typing import Any
 
 from kvstack import provision, stack
 from kvstack.bench import workload
-from kvstack.bench.options import BenchError, BenchOptions, Load
+from kvstack.bench.options import BenchError, BenchOptions, Load, check_chunk_sizes
 from kvstack.bench.results import Results, now
 from kvstack.log import brief, progress
 from kvstack.stats import SLO
@@ -115,6 +115,7 @@ class Context:
         node = o.node or next(iter(ep.serving))
         if node not in ep.serving:
             raise BenchError(f"--node: {node} is not in group serving ({', '.join(ep.serving)})")
+        check_chunk_sizes(o, node, int(ep.lmcache(node).get("block_size") or 1))
         res = Results(o.results_dir)
         progress(f"results: {res.dir}")
         # Text is drawn per run from --seed and a random salt: the KV server keeps what earlier runs

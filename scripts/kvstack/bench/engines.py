@@ -25,10 +25,12 @@ class DatapathStep:
         return {"kv_datapath": ctx.o.datapath}
 
     def run(self, ctx: Context) -> None:
-        progress(f"KV data-path bench on {ctx.node}")
-        dp = stack.run_datapath(
-            ctx.ep, ctx.node, tuple(ctx.o.preset("datapath_sizes")), ctx.o.preset("datapath_n")
-        )
+        # as many L2 connections as the node's LMCache has (or as --set lmcache_kv_workers says)
+        lm = ctx.ep.lmcache(ctx.node)
+        workers = int(ctx.o.extra_vars.get("lmcache_kv_workers") or lm.get("kv_workers") or 2)
+        progress(f"KV data-path bench on {ctx.node} ({workers} L2 workers)")
+        sizes, n = tuple(ctx.o.preset("datapath_sizes")), ctx.o.preset("datapath_n")
+        dp = stack.run_datapath(ctx.ep, ctx.node, sizes, n, workers)
         ctx.res.data["missing"] += dp.get("missing", [])
         ctx.res.put("kv_datapath", dp.get("kv_datapath", []))
 

@@ -280,8 +280,8 @@ def _check_shape(o: BenchOptions) -> None:
         if o.preset(name) < 1:
             raise BenchError(f"{_flag(name)}: must be >= 1, got {o.preset(name)}")
     for c in o.chunk_sizes:
-        if c < 1 or c % 128:
-            raise BenchError(f"--chunk-sizes: {c} is not a positive multiple of vLLM's CPU block size 128")
+        if c < 1:
+            raise BenchError(f"--chunk-sizes: {c} is not a positive number of tokens")
 
 
 def _check_run(o: BenchOptions) -> None:
@@ -306,6 +306,14 @@ def _check_run(o: BenchOptions) -> None:
         raise BenchError(f"--routing-load: {o.preset('routing_load')!r} must be a closed loop (cN)")
     if o.rocksdb and not o.rocksdb_dir.is_dir():
         raise BenchError(f"--rocksdb-dir: {o.rocksdb_dir} is not a directory")
+
+
+def check_chunk_sizes(o: BenchOptions, node: str, block_size: int) -> None:
+    """``--chunk-sizes`` against the node's vLLM block size (the CPU build's 128, CUDA's 16 by
+    default: roles/lmcache's ``lmcache_engine_block_size``), known once the endpoints are."""
+    for c in o.chunk_sizes:
+        if c % block_size:
+            raise BenchError(f"--chunk-sizes: {c} is not a multiple of {node}'s vLLM block size {block_size}")
 
 
 def validate(o: BenchOptions) -> list[Load]:
