@@ -25,6 +25,9 @@ CASES = [
      "vllm_num_kv_blocks 1000 x 16 tokens per block"),
     ("/dev/shm smaller than the L1", {"gpu_scenario_host_facts": {"gpu-node01": {"mounts": SMALL_SHM}}},
      "is smaller than the LMCache L1 (64 GiB, lmcache_dram_size_gb"),
+    ("context length beyond the model's", {"vllm_max_model_len": 200000},
+     "vllm_max_model_len 200000 is beyond what the model at"),
+    ("empty served model name", {"vllm_served_model_name": ""}, "vllm_served_model_name must not be empty"),
     ("arm64 serving node", {"gpu_scenario_host_facts": {"gpu-node01": {"architecture": "aarch64"}}},
      "for CUDA on x86_64 only"),
 ]  # fmt: skip
@@ -50,3 +53,25 @@ def test_preflight_refuses_a_dynamo_worker_on_an_instances_gpu(tmp_path):
     )
     assert r.returncode != 0
     assert "dynamo_worker_gpus must list the worker's own GPU indices" in r.failure(), r.failure()
+
+
+def test_preflight_names_each_wrong_variable_and_only_it(tmp_path):
+    """One check per variable (roles/lmcache): a bad port is named as itself, not as the chunk
+    size checked beside it; two bad values are both named; SSH's port is refused for a service."""
+    for d in "abc":
+        (tmp_path / d).mkdir()
+    r = render(tmp_path / "a", limit="gpu-node01", lmcache_port=70000)
+    assert r.returncode != 0
+    assert "lmcache_port must be a port 1-65535 other than SSH's (22), got 70000" in r.failure(), r.failure()
+    assert "lmcache_chunk_size" not in r.failure()
+    r = render(tmp_path / "b", limit="gpu-node01", lmcache_port=70000, lmcache_chunk_size=200)
+    assert (
+        "lmcache_port must be" in r.failure()
+        and "lmcache_chunk_size must be a positive multiple" in r.failure()
+    )
+    r = render(tmp_path / "c", limit="gpu-node01", lmcache_http_port=22)
+    assert (
+        "lmcache_http_port must be a port 1-65535 other than lmcache_port (5555) and SSH's (22)"
+        in r.failure()
+    )
+    assert not r.root.exists()
