@@ -68,12 +68,12 @@ def _csv(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
     return parse
 
 
-def _number(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+def _number(cast: Callable[[str], Any], what: str) -> Callable[[str], Any]:
     def parse(value: str) -> Any:
         try:
             return cast(value)
         except ValueError:
-            raise BenchError(f"{value!r} is not a {cast.__name__}") from None
+            raise BenchError(f"{value!r} is not {what}") from None
 
     return parse
 
@@ -84,7 +84,7 @@ def meta(help: str, parse: Callable[[str], Any] | None = str, cli: str | None = 
     return {"help": help, "parse": parse, "cli": cli}
 
 
-INT, FLOAT = _number(int), _number(float)
+INT, FLOAT = _number(int, "an integer"), _number(float, "a number")
 
 
 @dataclass
