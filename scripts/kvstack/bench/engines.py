@@ -31,7 +31,7 @@ class DatapathStep:
         progress(f"KV data-path bench on {ctx.node} ({workers} L2 workers)")
         sizes, n = tuple(ctx.o.preset("datapath_sizes")), ctx.o.preset("datapath_n")
         dp = stack.run_datapath(ctx.ep, ctx.node, sizes, n, workers)
-        ctx.res.data["missing"] += dp.get("missing", [])
+        ctx.res.note_missing(*dp.get("missing", []))
         ctx.res.put("kv_datapath", dp.get("kv_datapath", []))
 
 
@@ -54,5 +54,5 @@ class RocksdbStep:
             n=ctx.o.preset("rocksdb_n"),
             media={"disk": str(ctx.o.rocksdb_dir), "tmpfs": "/dev/shm"},
         )
-        ctx.res.data["missing"] += rd.get("missing", [])
+        ctx.res.note_missing(*rd.get("missing", []))
         ctx.res.put("rocksdb", rd.get("rocksdb", []))

@@ -61,7 +61,7 @@ class RoutedStep:
             ctx.slo,
             lambda r: ctx.res.put(self.key, r),
         )
-        ctx.res.data["missing"] += result["missing"]
+        ctx.res.note_missing(*result["missing"])
         ctx.res.put(self.key, result)
 
 
