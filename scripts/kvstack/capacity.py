@@ -26,7 +26,7 @@ from typing import Any
 from kvstack import faults, stack
 from kvstack import metrics as m
 from kvstack.datapath import RespClient
-from kvstack.kv_janitor import parse_info, read_usage
+from kvstack.kv_janitor import info, read_usage
 from kvstack.log import progress
 from kvstack.workloads import TokenizerAdapter, multi_round_qa
 
@@ -41,7 +41,7 @@ class PeakSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with RespClient(self.lm["kv_host"], int(self.lm["kv_port"]), self.lm.get("kv_password") or None) as c:
+        with kv_connect(self.lm) as c:
             while not self._stop.is_set():
                 usage = read_usage(c)
                 self.peak, self.limit = max(self.peak, usage.used), usage.limit
@@ -59,13 +59,15 @@ class PeakSampler:
         return {"peak_used_bytes": self.peak, "hard_limit_bytes": self.limit, "samples": self.samples}
 
 
+def kv_connect(lm: dict[str, Any]) -> RespClient:
+    """A RESP connection to the KV server *lm* (a node's LMCache endpoints) uses."""
+    return RespClient(lm["kv_host"], int(lm["kv_port"]), lm.get("kv_password") or None)
+
+
 def received_bytes(lm: dict[str, Any]) -> int:
     """Bytes the KV server has received since it started (``total_net_input_bytes``)."""
-    with RespClient(lm["kv_host"], int(lm["kv_port"]), lm.get("kv_password") or None) as c:
-        raw = c.command("INFO", "stats")
-    return int(
-        parse_info(raw.decode() if isinstance(raw, bytes) else str(raw)).get("total_net_input_bytes", 0)
-    )
+    with kv_connect(lm) as c:
+        return int(info(c, "stats").get("total_net_input_bytes", 0))
 
 
 def prompts(tok: TokenizerAdapter, n: int, seed: int) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kvstack import metrics as m
-from kvstack import provision
+from kvstack import provision, stack
 from kvstack.loadgen import LoadConfig
 from kvstack.log import progress
 from kvstack.routing import log_run, measured_run
@@ -120,14 +120,11 @@ def wait_workers(url: str, n: int, model: str, timeout_s: float = 600) -> None:
 
 
 def _completes(url: str, model: str) -> bool:
-    body = json.dumps({"model": model, "prompt": "ready?", "max_tokens": 1}).encode()
-    req = urllib.request.Request(
-        url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
-    )
+    """Whether the frontend answers one completion for *model*."""
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status == 200
-    except OSError:
+        stack.complete(url, model, "ready?", max_tokens=1)
+        return True
+    except (OSError, ValueError, KeyError, IndexError):
         return False
 
 

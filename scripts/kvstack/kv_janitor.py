@@ -73,6 +73,12 @@ def _config(client: RespClient, name: str) -> str:
     return vals[1] if len(vals) >= 2 else "0"
 
 
+def info(client: RespClient, *section: str) -> dict[str, str]:
+    """``INFO [section]``'s fields."""
+    raw = client.command("INFO", *section)
+    return parse_info(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
 def read_usage(client: RespClient) -> Usage:
     """Server kind, used bytes and limit, from ``INFO`` and ``CONFIG GET``.
 
@@ -80,11 +86,12 @@ def read_usage(client: RespClient) -> Usage:
     ``Server::GetServerInfo``) and counts ``max-db-size`` in GiB (``max_db_size * GiB``);
     redis has ``redis_version``, ``used_memory`` and ``maxmemory`` in bytes.
     """
-    raw = client.command("INFO")
-    info = parse_info(raw.decode() if isinstance(raw, bytes) else str(raw))
-    if "kvrocks_version" in info:
-        return Usage("kvrocks", int(info.get("used_db_size", "0")), int(_config(client, "max-db-size")) * GiB)
-    return Usage("redis", int(info.get("used_memory", "0")), int(_config(client, "maxmemory")))
+    fields = info(client)
+    if "kvrocks_version" in fields:
+        return Usage(
+            "kvrocks", int(fields.get("used_db_size", "0")), int(_config(client, "max-db-size")) * GiB
+        )
+    return Usage("redis", int(fields.get("used_memory", "0")), int(_config(client, "maxmemory")))
 
 
 def scan_keys(client: RespClient) -> Iterator[list[bytes]]:

@@ -18,7 +18,6 @@ import json
 import pytest
 
 from kvstack import capacity, faults, provision, stack
-from kvstack.datapath import RespClient
 from kvstack.workloads import TokenizerAdapter
 
 BUDGET_GB = 0.25
@@ -44,7 +43,7 @@ def small_budget(up_lab, tmp_path_factory):
     ep = stack.fetch_endpoints(None)
     kv_node = ep.kv[0]
     lm = ep.lmcache(next(iter(ep.serving)))
-    with RespClient(lm["kv_host"], int(lm["kv_port"]), lm["kv_password"]) as c:
+    with capacity.kv_connect(lm) as c:
         c.command("FLUSHALL")  # the lab's cache from earlier tests: the budget starts empty
     tok = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     node = next(iter(ep.serving))
