@@ -7,6 +7,8 @@ from pathlib import Path
 
 from invoke import task
 
+# The controller package and the node tools it imports (roles/node_tools/files/kvstack_node).
+sys.path.insert(0, str(Path(__file__).parent / "roles" / "node_tools" / "files"))
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
 from kvstack import lab as _lab

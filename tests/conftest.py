@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "roles" / "node_tools" / "files")]  # kvstack, kvstack_node
 
 from kvstack import lab as labmod  # noqa: E402
 from kvstack import provision  # noqa: E402

@@ -3,7 +3,7 @@
 With the KV server in Kvrocks' mode of operation (it refuses writes at its hard limit instead of
 evicting: Kvrocks itself, or redis with ``noeviction``) and the KV-tier budget set, :func:`run`
 
-1. samples the server's used bytes (what :mod:`kvstack.kv_janitor` counts: redis ``used_memory``,
+1. samples the server's used bytes (what :mod:`kvstack_node.kv_janitor` counts: redis ``used_memory``,
    Kvrocks ``used_db_size``) four times a second for the whole drill: the peak;
 2. sends unique long prompts through the router (phase 1), restarts LMCache on one serving node
    (its client-side accounting starts from zero while its keys stay on the server), sends as many
@@ -25,10 +25,10 @@ from typing import Any
 
 from kvstack import faults, stack
 from kvstack import metrics as m
-from kvstack.datapath import RespClient
-from kvstack.kv_janitor import info, read_usage
 from kvstack.log import progress
 from kvstack.workloads import TokenizerAdapter, multi_round_qa
+from kvstack_node.kv_janitor import info, read_usage
+from kvstack_node.resp import RespClient
 
 
 class PeakSampler:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kvstack import REPO
-from kvstack.datapath import MiB, _gbps, _latency_cols, _pattern, _sizes, progress
+from kvstack_node.datapath import MiB, _gbps, _latency_cols, _pattern, _sizes, progress
 
 #: Value sizes of the default run.
 ROCKSDB_SIZES: tuple[int, ...] = (1 * MiB, 4 * MiB)

@@ -251,28 +251,23 @@ def kv_clients(lm: dict[str, Any]) -> list[str]:
 
 
 def run_datapath(ep: Endpoints, node: str, sizes: tuple[int, ...], n: int, l2_workers: int) -> dict[str, Any]:
-    """The KV data-path bench on *node* (the serving node's venv, so LMCache's own L2 client runs
-    there, with *l2_workers* connections) against the KV server; the password goes over stdin,
-    never argv."""
+    """The KV data-path bench on *node*: the node tool kvstack_node.datapath as roles/node_tools
+    installed it, in the serving node's venv (so LMCache's own L2 client runs there, with
+    *l2_workers* connections), against the KV server; the password goes over stdin, never argv."""
     lm = ep.lmcache(node)
-    src = Path(__file__).with_name("datapath.py")
-    remote = "/tmp/kvstack-datapath.py"
     cmd = (
-        f"IFS= read -r KVSTACK_KV_PASSWORD; export KVSTACK_KV_PASSWORD; "
-        f"exec {lm['venv_python']} {remote} datapath --host {lm['kv_host']} --port {lm['kv_port']} "
+        f"IFS= read -r KVSTACK_KV_PASSWORD; export KVSTACK_KV_PASSWORD; PYTHONPATH={lm['tools_dir']}; "
+        f"export PYTHONPATH; exec {lm['venv_python']} -m kvstack_node.datapath datapath "
+        f"--host {lm['kv_host']} --port {lm['kv_port']} "
         f"--sizes {','.join(map(str, sizes))} --n {n} --l2-workers {int(l2_workers)}"
     )
     with connection(ep, node) as c:
-        c.put(str(src), remote)
-        try:
-            out = c.run(
-                f"sh -c '{cmd}'",
-                hide="stdout",
-                warn=True,
-                in_stream=io.StringIO((lm.get("kv_password") or "") + "\n"),
-            )
-        finally:
-            c.run(f"rm -f {remote}", hide=True, warn=True, in_stream=False)
+        out = c.run(
+            f"sh -c '{cmd}'",
+            hide="stdout",
+            warn=True,
+            in_stream=io.StringIO((lm.get("kv_password") or "") + "\n"),
+        )
     if not out.ok:
         return {
             "kv_datapath": [],

@@ -6,7 +6,7 @@ answer length in tokens, sent as ``max_tokens`` with ``ignore_eos``). The load g
 turn *r*'s prompt with :meth:`Conversation.prompt`, passing the answers the model returned to the
 earlier turns when the conversation keeps its history (multi-round QA).
 
-Texts come from :func:`kvstack.tinymodel.make_prompt`: space-separated words that encode to one
+Texts come from :func:`kvstack_node.tinymodel.make_prompt`: space-separated words that encode to one
 token each, so pieces joined with one space encode to the sum of their token counts and a shared
 text prefix is a shared token prefix. Sibling pieces (the prefixes of a workload, the suffixes
 after one prefix, each user's first question) start with distinct tokens, so prompts share
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kvstack.tinymodel import make_prompt
+from kvstack_node.tinymodel import make_prompt
 
 #: KV bytes per token of the lab's tiny model: 4 layers x 2 KV heads x head dim 64 x (K, V) x 4 B fp32.
 TINY_MODEL_KV_BYTES_PER_TOKEN = 4 * 2 * 64 * 2 * 4

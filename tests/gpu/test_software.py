@@ -29,7 +29,7 @@ TOOLS = "/opt/kvstack/tools"
 DRIVER = """
 import base64, contextlib, json, sys
 sys.path.insert(0, {tools!r})
-import {module} as tool
+import kvstack_node.{module} as tool
 out = []
 for call in json.loads(base64.b64decode({payload!r})):
     try:

@@ -72,38 +72,23 @@ def cluster_address(host, hostvars) -> str:
     pytest.fail(f"{host.backend.get_pytest_id()}: no address in {net}")
 
 
-# A minimal RESP client run with the node's own python3 (present wherever Ansible runs), so
-# the check needs no redis-cli and talks to the server over the cluster address like a client.
-RESP = r"""
-import os, socket, sys
-def call(s, *args):
-    enc = [a.encode() for a in args]
-    s.sendall(b"*%d\r\n" % len(enc) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in enc))
-    data = b""
-    while not data.endswith(b"\r\n"):
-        data += s.recv(65536)
-    if data[:1] == b"$" and not data.startswith(b"$-1"):
-        n = int(data[1:data.index(b"\r\n")])
-        while len(data) < data.index(b"\r\n") + 2 + n + 2:
-            data += s.recv(65536)
-    return data.decode(errors="replace").strip()
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-for cmd in sys.argv[3:]:
-    args = [os.environ.get("KV_PASSWORD", "") if a == "@PASSWORD" else a for a in cmd.split("|")]
-    print(call(s, *args).replace("\r\n", " "))
-"""
+# The node tools' directory (roles/node_tools; kvstack_defaults' kvstack_tools_dir).
+TOOLS = "/opt/kvstack/tools"
 
 
 @pytest.fixture(scope="module")
 def resp(host):
-    """resp(addr, port, password, *commands): RESP replies, sent from the node under test.
+    """resp(addr, port, password, *commands): RESP replies, sent from the node under test with the
+    project's RESP client as the roles installed it (``python3 -m kvstack_node.resp``, the node's
+    own python3), so the check talks to the server over the cluster address like a client.
 
     Each command is its arguments joined by '|'; '@PASSWORD' stands for the password, which
     travels in the environment, not on the command line.
     """
 
     def send(addr: str, port: int, password: str, *commands: str) -> list[str]:
-        cmd = f"KV_PASSWORD={shlex.quote(password)} python3 -c {shlex.quote(RESP)} {addr} {port} " + " ".join(
+        env = f"KV_PASSWORD={shlex.quote(password)} PYTHONPATH={TOOLS}"
+        cmd = f"{env} python3 -m kvstack_node.resp {addr} {port} " + " ".join(
             shlex.quote(c) for c in commands
         )
         return host.check_output(cmd).splitlines()

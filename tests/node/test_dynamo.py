@@ -13,6 +13,9 @@ import socket
 
 import pytest
 
+#: Where roles/node_tools installs the node tools (kvstack_defaults' kvstack_tools_dir).
+TOOLS = "/opt/kvstack/tools"
+
 testinfra_hosts = ["ansible://dynamo"]
 
 
@@ -188,9 +191,10 @@ def _unit_command(host, unit: str) -> tuple[str, list[str], dict[str, str]]:
 
 
 def _parse_on_node(host, python: str, args: list[str], env: dict[str, str], frontend: bool = False):
-    """Dynamo's own parser (kvstack.dynamo_args, installed by the roles) on the node."""
+    """Dynamo's own parser (kvstack_node.dynamo_args, installed by roles/node_tools) on the node."""
     keep = {k: v for k, v in env.items() if k in ("PYTHONPATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    cmd = ["env", *(f"{k}={v}" for k, v in keep.items()), python, "/opt/kvstack/tools/dynamo_args.py"]
+    keep["PYTHONPATH"] = ":".join(p for p in (keep.get("PYTHONPATH", ""), TOOLS) if p)
+    cmd = ["env", *(f"{k}={v}" for k, v in keep.items()), python, "-m", "kvstack_node.dynamo_args"]
     cmd += ["--frontend"] if frontend else []
     return host.run(" ".join(shlex.quote(c) for c in [*cmd, "--", *args]))
 

@@ -7,6 +7,7 @@ import re
 import shlex
 
 import pytest
+from addresses import access_address
 
 testinfra_hosts = ["ansible://router"]
 
@@ -14,7 +15,7 @@ testinfra_hosts = ["ansible://router"]
 @pytest.fixture(scope="module")
 def router(host, hostvars, expected, cluster_address, inv):
     backends = hostvars.get("router_backends") or [
-        f"http://{h.get('vllm_host') or h['ansible_host']}:{inst['port']}"
+        f"http://{access_address(h)}:{inst['port']}"
         for name, h in inv.hosts("serving").items()
         if name in hostvars.get("router_backend_hosts", list(inv.hosts("serving")))
         for inst in h.get("vllm_instances", [{"port": 8000}])

@@ -16,6 +16,7 @@ import time
 import uuid
 
 import pytest
+from addresses import access_address
 
 testinfra_hosts = ["ansible://serving"]
 
@@ -127,7 +128,7 @@ def test_lmcache_holds_kv_server_connections(host, serving, hostvars, inv, resp,
     timer = host.service("lmcache-kv-watchdog.timer")
     watchdog = client == "resp" and hostvars.get("lmcache_kv_watchdog_enabled", True)
     assert timer.is_running == bool(watchdog), client
-    kv_host = hostvars.get("kv_host") or next(iter(inv.hosts("kv").values()))["ansible_host"]
+    kv_host = access_address(next(iter(inv.hosts("kv").values())))
     text = "\n".join(
         resp(
             kv_host,
@@ -219,7 +220,7 @@ def test_prefix_computed_on_another_node_is_a_hit_here(host, serving, hostvars, 
         pytest.skip("a single serving node: no other node to share with")
     name, other = next(iter(others.items()))
     port = (other.get("vllm_instances") or serving["instances"])[0]["port"]
-    elsewhere = {**serving, "url": f"http://{other.get('vllm_host') or other['ansible_host']}:{port}"}
+    elsewhere = {**serving, "url": f"http://{access_address(other)}:{port}"}
     prompt = long_prompt()
     kv_before = _kv_bytes_in(resp, hostvars, inv)
     cold = _complete(host, elsewhere, prompt)
@@ -244,7 +245,7 @@ def test_prefix_computed_on_another_node_is_a_hit_here(host, serving, hostvars, 
 def _kv_bytes_in(resp, hostvars, inv) -> int:
     """Bytes the KV server has received (INFO stats, Redis and Kvrocks alike), asked from this
     node (the real client) over RESP."""
-    kv_host = hostvars.get("kv_host") or next(iter(inv.hosts("kv").values()))["ansible_host"]
+    kv_host = access_address(next(iter(inv.hosts("kv").values())))
     replies = resp(
         kv_host, int(hostvars.get("kv_port", 6379)), hostvars["kv_password"], "AUTH|@PASSWORD", "INFO|stats"
     )

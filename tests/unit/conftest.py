@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from local_redis import local_redis
 
-from kvstack import tinymodel
+from kvstack_node import tinymodel
 
 
 @pytest.fixture(scope="session")

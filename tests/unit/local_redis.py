@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstack import datapath as dp
+from kvstack_node import resp
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 PASSWORD = "unit-test-secret-4711"
@@ -43,7 +43,7 @@ def local_redis(d: Path) -> Iterator[tuple[str, int]]:
         deadline = time.monotonic() + 10
         while True:
             try:
-                with dp.RespClient("127.0.0.1", port, PASSWORD, timeout=1) as c:
+                with resp.RespClient("127.0.0.1", port, PASSWORD, timeout=1) as c:
                     assert c.command("PING") == "PONG"
                 break
             except OSError:

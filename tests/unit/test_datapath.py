@@ -1,4 +1,4 @@
-"""KV data-path bench (kvstack.datapath) against a local redis-server: exact round trips, errors,
+"""KV data-path bench (kvstack_node.datapath) against a local redis-server: exact round trips, errors,
 row structure, the standalone script mode."""
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 from local_redis import PASSWORD
 
-from kvstack import datapath as dp
+from kvstack_node import datapath as dp
+from kvstack_node import resp
 
 HAS_LMCACHE = importlib.util.find_spec("lmcache") is not None
 
 
 @pytest.fixture
-def client(redis: tuple[str, int]) -> Iterator[dp.RespClient]:
-    with dp.RespClient(*redis, PASSWORD) as c:
+def client(redis: tuple[str, int]) -> Iterator[resp.RespClient]:
+    with resp.RespClient(*redis, PASSWORD) as c:
         yield c
 
 
@@ -30,7 +31,7 @@ def client(redis: tuple[str, int]) -> Iterator[dp.RespClient]:
 
 
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 100, 65535, 65536, 65537, 1 << 20, (1 << 20) + 7])
-def test_raw_resp_round_trip_exact(client: dp.RespClient, size: int) -> None:
+def test_raw_resp_round_trip_exact(client: resp.RespClient, size: int) -> None:
     value = bytes(dp._pattern(size, seed=size))
     buf = bytearray(max(size, 16))
     client.set(f"t:{size}", memoryview(value))
@@ -44,7 +45,7 @@ def test_raw_resp_round_trip_exact(client: dp.RespClient, size: int) -> None:
     assert client.delete(f"t:{size}", b"t:again") == 2
 
 
-def test_raw_resp_binary_bytes_including_crlf(client: dp.RespClient) -> None:
+def test_raw_resp_binary_bytes_including_crlf(client: resp.RespClient) -> None:
     value = b"\r\n$-1\r\n*2\r\n" * 1000 + b"\x00\xff"
     client.set("t:binary", value)
     buf = bytearray(len(value))
@@ -53,28 +54,28 @@ def test_raw_resp_binary_bytes_including_crlf(client: dp.RespClient) -> None:
     client.delete("t:binary")
 
 
-def test_raw_resp_missing_key(client: dp.RespClient) -> None:
+def test_raw_resp_missing_key(client: resp.RespClient) -> None:
     buf = bytearray(10)
     assert client.get_into("t:does-not-exist", buf) is None
     assert client.get("t:does-not-exist") is None
     assert client.command("PING") == "PONG"  # the connection is still in step
 
 
-def test_raw_resp_value_larger_than_buffer(client: dp.RespClient) -> None:
+def test_raw_resp_value_larger_than_buffer(client: resp.RespClient) -> None:
     client.set("t:big", b"x" * 1000)
-    with pytest.raises(dp.RespError, match="does not fit"):
+    with pytest.raises(resp.RespError, match="does not fit"):
         client.get_into("t:big", bytearray(10))
     assert client.get("t:big") == b"x" * 1000  # the oversize value was drained
     client.delete("t:big")
 
 
 def test_raw_resp_wrong_password(redis: tuple[str, int]) -> None:
-    with pytest.raises(dp.RespAuthError, match=r"AUTH refused by 127\.0\.0\.1"):
-        dp.RespClient(*redis, "wrong-password")
+    with pytest.raises(resp.RespAuthError, match=r"AUTH refused by 127\.0\.0\.1"):
+        resp.RespClient(*redis, "wrong-password")
 
 
 def test_raw_resp_no_password_errors_clearly(redis: tuple[str, int]) -> None:
-    with dp.RespClient(*redis) as c, pytest.raises(dp.RespError, match="NOAUTH"):
+    with resp.RespClient(*redis) as c, pytest.raises(resp.RespError, match="NOAUTH"):
         c.get_into("t:any", bytearray(10))
 
 
@@ -103,7 +104,7 @@ def test_run_datapath_rows(redis: tuple[str, int]) -> None:
         assert r["n"] == 3
         assert r["p99_ms"] >= r["p50_ms"] > 0
     json.dumps(out)  # what results.json holds
-    with dp.RespClient(*redis, PASSWORD) as c:  # the bench cleans up after itself
+    with resp.RespClient(*redis, PASSWORD) as c:  # the bench cleans up after itself
         assert c.command("DBSIZE") == 0
 
 
@@ -139,14 +140,24 @@ def test_lmcache_missing_gives_note(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_script_mode_stdlib_only(redis: tuple[str, int], tmp_path: Path) -> None:
-    """The file alone, with only the standard library (-S: no site-packages, so no kvstack and
-    no lmcache), password from the environment: one JSON object on stdout, the password nowhere."""
-    script = tmp_path / "datapath.py"
-    shutil.copy(dp.__file__, script)
-    env = {"PATH": os.environ.get("PATH", ""), dp.PASSWORD_ENV: PASSWORD}
-    cmd = [sys.executable, "-S", "-I", str(script), "datapath", "--host", redis[0], "--port"]
+    """The node tools directory alone (what roles/node_tools installs), with only the standard
+    library (-S: no site-packages, so no kvstack and no lmcache), password from the environment:
+    one JSON object on stdout, the password nowhere."""
+    shutil.copytree(Path(dp.__file__).parent, tmp_path / "kvstack_node")
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path), dp.PASSWORD_ENV: PASSWORD}
+    cmd = [
+        sys.executable,
+        "-S",
+        "-s",
+        "-m",
+        "kvstack_node.datapath",
+        "datapath",
+        "--host",
+        redis[0],
+        "--port",
+    ]
     cmd += [str(redis[1]), "--sizes", "65536,131072", "--n", "2", "--no-references"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert {(r["path"], r["value_bytes"]) for r in out["kv_datapath"]} == {
@@ -154,4 +165,4 @@ def test_script_mode_stdlib_only(redis: tuple[str, int], tmp_path: Path) -> None
     }
     assert any("LMCache" in m for m in out["missing"])
     assert PASSWORD not in proc.stdout + proc.stderr
-    assert "[datapath]" in proc.stderr  # the fallback progress lines
+    assert "[datapath]" in proc.stderr  # its progress lines

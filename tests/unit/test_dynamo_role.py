@@ -201,19 +201,18 @@ def test_etcd_cluster_lists_the_group_at_its_addresses(tmp_path):
 
 
 def _inventory_value(inventory: str, host: str, expr: str) -> str:
-    """*expr* rendered for *host* by Ansible from the repository's *inventory* (no connection)."""
+    """*expr* rendered for *host* by Ansible from the repository's *inventory* and the shared
+    defaults every play loads (roles/kvstack_defaults), no connection, no facts."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
     cmd = [
-        str(Path(sys.executable).with_name("ansible")),
-        host,
+        str(Path(sys.executable).with_name("ansible-playbook")),
+        str(REPO / "tests" / "unit" / "playbooks" / "shared_value.yml"),
         "-i",
         str(REPO / "inventory" / inventory),
-        "-c",
-        "local",
-        "-m",
-        "ansible.builtin.debug",
-        "-a",
-        f"msg={{{{ {expr} }}}}",
+        "-l",
+        host,
+        "-e",
+        json.dumps({"kvstack_value_expr": "{{ " + expr + " }}"}),
         "-e",
         "ansible_python_interpreter=" + sys.executable,
         "--vault-password-file",
@@ -223,7 +222,8 @@ def _inventory_value(inventory: str, host: str, expr: str) -> str:
     proc = subprocess.run(cmd, cwd=REPO, env=env, text=True, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
-    return doc["plays"][0]["tasks"][0]["hosts"][host]["msg"]
+    (task,) = [t for t in doc["plays"][0]["tasks"] if t["task"]["name"] == "The value"]
+    return task["hosts"][host]["msg"]
 
 
 def test_lab_inventory_renders_the_control_plane_addresses():

@@ -1,4 +1,4 @@
-"""kvstack.kv_janitor against a real redis-server (and Kvrocks' INFO text from upstream's format)."""
+"""kvstack_node.kv_janitor against a real redis-server (and Kvrocks' INFO text from upstream's format)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from local_redis import PASSWORD, local_redis
 
-from kvstack import datapath as dp
-from kvstack import kv_janitor as kj
+from kvstack_node import kv_janitor as kj
+from kvstack_node import resp as dp
 
 DATA = Path(__file__).parent / "data"
 VALUE = 256 * 1024

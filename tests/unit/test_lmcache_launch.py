@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from kvstack import lmcache_launch as launch
+from kvstack_node import lmcache_launch as launch
 
 VALKEY = {"type": "valkey", "startup_nodes": "10.0.0.21:6666", "num_workers": 4, "request_timeout": 1.0}
 RESP = {"type": "resp", "host": "10.0.0.21", "port": 6379}

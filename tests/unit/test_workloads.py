@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 
-from kvstack import tinymodel
 from kvstack.workloads import (
     TINY_MODEL_KV_BYTES_PER_TOKEN,
     Conversation,
@@ -22,6 +21,7 @@ from kvstack.workloads import (
     unique_prefix_tokens,
     users_for_kv_ratio,
 )
+from kvstack_node import tinymodel
 
 
 @pytest.fixture(scope="module")

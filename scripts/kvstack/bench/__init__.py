@@ -26,7 +26,7 @@ One run, in ``results/<run id>/``:
 4. **TTFT probe** (profile ``kv``): a 4k-token context cold, as vLLM's own prefix-cache hit, and
    served from the KV-server tier after vLLM's cache was emptied.
 5. **KV data path** on a serving node against the KV server, and the **RocksDB engine** with each
-   Kvrocks tuning profile on disk and tmpfs (:mod:`kvstack.datapath`).
+   Kvrocks tuning profile on disk and tmpfs (:mod:`kvstack_node.datapath`).
 6. **Routing** (:mod:`kvstack.routing`): the multi-round workload through the router, 1 node vs
    2 nodes and round-robin vs cache-aware, with per-node requests and hit rates.
 7. **Dynamo** (:mod:`kvstack.dynamo_bench`, ``--dynamo``, off by default): the same kind of

@@ -1,5 +1,5 @@
 """The storage steps: the KV data path on a serving node against the KV server
-(:mod:`kvstack.datapath`) and the RocksDB engine with each Kvrocks tuning profile on disk and tmpfs
+(:mod:`kvstack_node.datapath`) and the RocksDB engine with each Kvrocks tuning profile on disk and tmpfs
 (:mod:`kvstack.rocksbench`)."""
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvstack import datapath, report, routing
+from kvstack import report, routing
 from kvstack.bench.probe import PROBE_TOKENS
+from kvstack_node import datapath
 
 TARGETS = {"throughput_x": 3.0, "kv_vs_local_hit_x": 1.25, "cold_vs_kv_x": 5.0, "l2_vs_raw": 0.70}
 

@@ -2,7 +2,8 @@
 
 roles/lmcache runs this as the unit's ExecStart, inside the serving venv::
 
-    python lmcache_launch.py server --host 127.0.0.1 ... --l2-adapter '{"type":"valkey",...}'
+    PYTHONPATH=/opt/kvstack/tools python -m kvstack_node.lmcache_launch server --host 127.0.0.1 ... \
+        --l2-adapter '{"type":"valkey",...}'
 
 LMCache 0.5.6's ``valkey`` L2 adapter (the valkey-glide client, which reconnects by itself after
 a KV-server restart) takes its credentials only inside the ``--l2-adapter`` JSON. On the

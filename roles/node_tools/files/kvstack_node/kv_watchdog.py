@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """LMCache KV-tier reconnect watchdog (kvstack roles/lmcache), run by a systemd timer.
 
 LMCache 0.5.6's RESP L2 adapter connects once, at start, and never reconnects: after a KV server
@@ -6,7 +5,8 @@ restart (or when LMCache started before the KV server was up) its stores and loo
 the KV tier stop for good while serving goes on from node DRAM and recompute. This check asks
 the KV server for its client list; when LMCache has been up longer than the grace period, the KV
 server answers, and none of its clients comes from this node's address, it restarts LMCache
-(vLLM's units, PartOf it, restart with it). Python's standard library only.
+(vLLM's units, PartOf it, restart with it). Python's standard library only, with the project's
+RESP client (:mod:`kvstack_node.resp`).
 
 Environment: KV_HOST, KV_PORT, LMCACHE_RESP_PASSWORD (from LMCache's own secrets file),
 LMCACHE_SERVICE (default lmcache.service), GRACE_S (default 60), DRY_RUN (print only).
@@ -15,24 +15,11 @@ LMCACHE_SERVICE (default lmcache.service), GRACE_S (default 60), DRY_RUN (print 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
-
-def call(sock: socket.socket, buf: socket.SocketIO, *args: str) -> bytes:
-    """One RESP command; the reply's payload (simple or bulk string, integer). Errors raise."""
-    enc = [a.encode() for a in args]
-    sock.sendall(b"*%d\r\n" % len(enc) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in enc))
-    line = buf.readline()
-    kind, rest = line[:1], line[1:].rstrip(b"\r\n")
-    if kind == b"-":
-        raise RuntimeError(rest.decode(errors="replace").split()[0])  # the error code, never the argument
-    if kind == b"$":
-        size = int(rest)
-        return b"" if size < 0 else buf.read(size + 2)[:-2]
-    return rest
+from kvstack_node.resp import RespClient, RespError
 
 
 def service_uptime_s(service: str) -> float | None:
@@ -57,21 +44,23 @@ def main() -> int:
     if uptime is None or uptime < grace:
         return 0  # not running, or still connecting
     try:
-        sock = socket.create_connection((host, port), timeout=5)
+        client = RespClient(host, port, timeout=5)
     except OSError as exc:
         print(f"KV server {host}:{port} unreachable ({exc}); LMCache recomputes meanwhile", flush=True)
         return 0
-    with sock, sock.makefile("rb") as buf:
+    with client:
         password = os.environ.get("LMCACHE_RESP_PASSWORD", "")
         try:
             if password:
-                call(sock, buf, "AUTH", password)
-            own_id = call(sock, buf, "CLIENT", "ID").decode()
-            clients = call(sock, buf, "CLIENT", "LIST").decode(errors="replace").splitlines()
-        except (OSError, RuntimeError) as exc:
-            print(f"KV server {host}:{port} did not answer CLIENT LIST ({exc})", file=sys.stderr, flush=True)
+                client.command("AUTH", password)
+            own_id = str(client.command("CLIENT", "ID"))
+            clients = client.command("CLIENT", "LIST").decode(errors="replace").splitlines()
+        except (OSError, RespError) as exc:
+            # The error code only, never the arguments (the password).
+            code = str(exc).split()[0] if isinstance(exc, RespError) and str(exc) else type(exc).__name__
+            print(f"KV server {host}:{port} did not answer CLIENT LIST ({code})", file=sys.stderr, flush=True)
             return 1
-        me = sock.getsockname()[0]
+        me = client.sock.getsockname()[0]
     ours = []
     for line in clients:
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)

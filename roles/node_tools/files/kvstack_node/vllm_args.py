@@ -2,7 +2,7 @@
 
 Run inside the vLLM venv::
 
-    python -m kvstack.vllm_args [--engine-config] -- --model /srv/model --dtype float32 ...
+    python -m kvstack_node.vllm_args [--engine-config] -- --model /srv/model --dtype float32 ...
 
 The arguments after ``--`` are what ``python -m vllm.entrypoints.launchers.api_server.entry`` (the
 units' entry point; the deprecated ``vllm.entrypoints.openai.api_server`` runs it too) would get. They
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     argv = sys.argv[1:] if argv is None else argv
     ours, theirs = _split(argv)
-    p = argparse.ArgumentParser(prog="python -m kvstack.vllm_args", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m kvstack_node.vllm_args", description=__doc__.split("\n")[0])
     p.add_argument("--engine-config", action="store_true", help="also build the full engine config")
     opts = p.parse_args(ours)
     out = sys.stdout

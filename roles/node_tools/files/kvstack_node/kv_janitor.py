@@ -17,10 +17,11 @@ run by a timer on the KV node (roles/kv_janitor), keeps the store below that lim
 3. Kvrocks frees the bytes of a deleted key only when RocksDB compacts: the bytes deleted are
    kept in a state file and counted as gone until ``used_db_size`` has dropped by as much.
 
-Standard library only (with :mod:`datapath`'s RESP client beside it), so the file runs alone on
-the KV node::
+Standard library only (with :mod:`kvstack_node.resp`, the project's RESP client), so it runs with
+the KV node's own python3 from the node tools directory (roles/node_tools)::
 
-    KVSTACK_KV_PASSWORD=... python3 kv_janitor.py --host H --port P --state /var/lib/x/state.json
+    KVSTACK_KV_PASSWORD=... PYTHONPATH=/opt/kvstack/tools python3 -m kvstack_node.kv_janitor \
+        --host H --port P --state /var/lib/x/state.json
 
 One JSON line per pass on stdout (the journal). The password comes from the environment only.
 Exit status 0 after a pass (deleting or not), 1 when the server could not be read.
@@ -38,10 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:
-    from kvstack.datapath import RespClient, RespError
-except ImportError:  # run alone on the KV node, beside datapath.py
-    from datapath import RespClient, RespError  # type: ignore[no-redef]
+from kvstack_node.resp import RespClient, RespError
 
 GiB = 1 << 30
 #: Keys per SCAN step and per pipelined batch of TTL/IDLETIME/STRLEN/DEL.

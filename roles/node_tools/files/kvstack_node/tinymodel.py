@@ -3,7 +3,7 @@
 Run on a serving node inside the vLLM venv (``torch``, ``transformers`` and ``tokenizers`` come with
 vLLM)::
 
-    python -m kvstack.tinymodel OUTDIR [--layers 4 --hidden 256 --kv-heads 2 --heads 4 \\
+    python -m kvstack_node.tinymodel OUTDIR [--layers 4 --hidden 256 --kv-heads 2 --heads 4 \\
         --vocab 8192 --max-pos 8192 --seed 0 --dtype float32]
 
 Everything derives from ``--seed``: the training text, the tokenizer and the weights; no hub access.
@@ -136,7 +136,7 @@ def make_prompt(tokenizer: Any, n_tokens: int, seed: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: build the model into OUTDIR, then check the tokenizer round trip from disk."""
-    p = argparse.ArgumentParser(prog="python -m kvstack.tinymodel", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m kvstack_node.tinymodel", description=__doc__.split("\n")[0])
     p.add_argument("outdir", type=Path)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)

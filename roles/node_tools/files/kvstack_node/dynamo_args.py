@@ -2,7 +2,7 @@
 
 Run inside the venv holding ai-dynamo (and vLLM, for a worker)::
 
-    python -m kvstack.dynamo_args [--frontend] -- ARGS...
+    python -m kvstack_node.dynamo_args [--frontend] -- ARGS...
 
 Without ``--frontend``, ARGS are what ``python -m dynamo.vllm`` (the vLLM worker) would get: they
 go through ``dynamo.vllm.args.parse_args``, the function the worker's ``main()`` calls, i.e.

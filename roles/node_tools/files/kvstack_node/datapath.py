@@ -4,10 +4,10 @@ What moving KV-cache chunks (multi-MB values) to and from a Redis-protocol KV se
 the physical limits measured in the same run:
 
 - ``memcpy`` and ``loopback TCP``: references, GB/s without a value size (``value_bytes`` None).
-- ``raw RESP SET`` / ``raw RESP GET (reused buffer)``: :class:`RespClient`, a minimal socket client
-  that writes a value straight from the caller's buffer (header, value and CRLF gathered in one
-  ``sendmsg`` loop) and reads one with ``recv_into`` into a preallocated buffer: no per-call
-  allocation or copy of the value.
+- ``raw RESP SET`` / ``raw RESP GET (reused buffer)``: :class:`kvstack_node.resp.RespClient`, a
+  minimal socket client that writes a value straight from the caller's buffer (header, value and
+  CRLF gathered in one ``sendmsg`` loop) and reads one with ``recv_into`` into a preallocated
+  buffer: no per-call allocation or copy of the value.
 - ``LMCache L2 store`` / ``LMCache L2 retrieve``: LMCache's multi-process server L2 tier, the
   ``resp`` L2 adapter (``lmcache.v1.distributed.l2_adapters.resp_l2_adapter``: a
   ``NativeConnectorL2Adapter`` over the C++ ``lmcache.lmcache_redis.LMCacheRedisClient``), created
@@ -21,10 +21,11 @@ Rows (``results["kv_datapath"]``, what :mod:`kvstack.report` consumes)::
      "op": "get", "n": 8, "p50_ms": 0.5, "p99_ms": 0.9, "where": "10.0.0.5:6666"}
     {"path": "memcpy", "value_bytes": None, "gb_per_s": 9.1, "where": "local"}
 
-This module uses only the standard library (plus LMCache when importable), so this file
-also runs alone on a node without the kvstack package::
+This module uses only the standard library (plus LMCache when importable); the bench runs it on a
+serving node from the node tools directory (roles/node_tools), in LMCache's venv::
 
-    KVSTACK_KV_PASSWORD=... python datapath.py datapath --host H --port P --sizes 262144,1048576 --n 8
+    KVSTACK_KV_PASSWORD=... PYTHONPATH=/opt/kvstack/tools python -m kvstack_node.datapath datapath \
+        --host H --port P --sizes 262144,1048576 --n 8
 
 prints one JSON object (``run_datapath``'s result) on stdout; progress goes to stderr. The password
 is read from the environment only, never from the command line, and never printed.
@@ -33,7 +34,6 @@ is read from the environment only, never from the command line, and never printe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -46,16 +46,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-try:
-    from kvstack.log import progress
-except ImportError:  # standalone on a node without the kvstack package
-
-    def progress(msg: str) -> None:
-        """Print one progress line on stderr (fallback for :func:`kvstack.log.progress`)."""
-        print(f"[datapath] {msg}", file=sys.stderr, flush=True)
+from kvstack_node.resp import KiB, RespClient, RespError
 
 
-KiB = 1 << 10
+def progress(msg: str) -> None:
+    """Print one progress line on stderr."""
+    print(f"[datapath] {msg}", file=sys.stderr, flush=True)
+
+
 MiB = 1 << 20
 #: Value sizes of the smoke run.
 SMOKE_SIZES: tuple[int, ...] = (256 * KiB, 1 * MiB, 4 * MiB)
@@ -188,229 +186,6 @@ def reference_rows() -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # Raw RESP client
 # --------------------------------------------------------------------------------------------
-
-
-class RespError(RuntimeError):
-    """An error reply from the server (``-ERR ...``) or a protocol violation."""
-
-
-class RespAuthError(RespError):
-    """AUTH was refused (wrong password or user) or the server wants a password we lack."""
-
-
-Buffer = bytes | bytearray | memoryview
-
-
-def _b(x: str | bytes) -> bytes:
-    return x.encode() if isinstance(x, str) else x
-
-
-class RespClient:
-    """A minimal blocking RESP2 client for large values.
-
-    ``set`` sends the command header, the caller's buffer itself and CRLF in one scatter-gather
-    ``sendmsg`` loop (``sendall`` of header + value without copying them into one string);
-    ``get_into`` reads the bulk reply with ``recv_into`` straight into a caller-owned buffer, so
-    reading a value allocates nothing per call. Replies other than bulk values (AUTH, DEL, PING,
-    ...) go through a small read buffer.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        password: str | None = None,
-        username: str | None = None,
-        timeout: float = 60.0,
-    ) -> None:
-        """Connect and, with a *password*, AUTH (``AUTH [username] password``).
-
-        Raises:
-            RespAuthError: the server refused the credentials.
-            OSError: the connection failed.
-        """
-        self.host, self.port = host, port
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._rbuf = bytearray(64 * KiB)
-        self._rview = memoryview(self._rbuf)
-        self._rpos = 0  # start of unread bytes in _rbuf
-        self._rend = 0  # end of unread bytes in _rbuf
-        if password:
-            args = ["AUTH", *([username] if username else []), password]
-            try:
-                self.command(*args)
-            except RespError as e:
-                self.close()
-                raise RespAuthError(f"AUTH refused by {host}:{port}: {e}") from None
-
-    # -- plumbing ------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the connection."""
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def __enter__(self) -> RespClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @staticmethod
-    def _header(args: Sequence[bytes], value_len: int | None = None) -> bytes:
-        """``*N`` and every argument as a bulk string; with *value_len* the last argument's
-        ``$len\\r\\n`` announcement too (its bytes follow separately)."""
-        n = len(args) + (value_len is not None)
-        parts = [b"*%d\r\n" % n]
-        for a in args:
-            parts += [b"$%d\r\n" % len(a), a, b"\r\n"]
-        if value_len is not None:
-            parts.append(b"$%d\r\n" % value_len)
-        return b"".join(parts)
-
-    def _send_all(self, parts: list[Buffer]) -> None:
-        """``sendall`` of several buffers with scatter-gather ``sendmsg``: one system call for
-        header, value and CRLF where the socket takes it all, no copy into one buffer."""
-        views = [memoryview(p).cast("B") for p in parts]
-        while views:
-            sent = self.sock.sendmsg(views)
-            while views and sent >= len(views[0]):
-                sent -= len(views.pop(0))
-            if views and sent:
-                views[0] = views[0][sent:]
-
-    def _fill(self) -> None:
-        """Read more bytes into the small read buffer (compacting it first)."""
-        if self._rpos:
-            rest = self._rend - self._rpos
-            self._rview[:rest] = self._rview[self._rpos : self._rend]
-            self._rpos, self._rend = 0, rest
-        if self._rend == len(self._rbuf):
-            raise RespError("reply line longer than the read buffer")
-        k = self.sock.recv_into(self._rview[self._rend :])
-        if not k:
-            raise RespError(f"connection to {self.host}:{self.port} closed by the server")
-        self._rend += k
-
-    def _readline(self) -> bytes:
-        """One reply line without its CRLF."""
-        while True:
-            i = self._rbuf.find(b"\r\n", self._rpos, self._rend)
-            if i >= 0:
-                line = bytes(self._rview[self._rpos : i])
-                self._rpos = i + 2
-                return line
-            self._fill()
-
-    def _read_exact_into(self, dst: memoryview) -> None:
-        """Fill *dst* from what is buffered, then straight from the socket."""
-        n = len(dst)
-        have = min(n, self._rend - self._rpos)
-        if have:
-            dst[:have] = self._rview[self._rpos : self._rpos + have]
-            self._rpos += have
-        got = have
-        while got < n:
-            k = self.sock.recv_into(dst[got:])
-            if not k:
-                raise RespError(f"connection to {self.host}:{self.port} closed mid-value")
-            got += k
-
-    def _skip_crlf(self) -> None:
-        while self._rend - self._rpos < 2:
-            self._fill()
-        if self._rbuf[self._rpos : self._rpos + 2] != b"\r\n":
-            raise RespError("bulk value not followed by CRLF")
-        self._rpos += 2
-
-    def _read_reply(self) -> Any:
-        """A whole reply: str (+), int (:), bytes or None ($), list (*); ``-`` raises RespError."""
-        line = self._readline()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RespError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            out = bytearray(n)
-            self._read_exact_into(memoryview(out))
-            self._skip_crlf()
-            return bytes(out)
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read_reply() for _ in range(n)]
-        raise RespError(f"unexpected reply line {line[:40]!r}")
-
-    # -- commands ------------------------------------------------------------------------------
-
-    def command(self, *args: str | bytes) -> Any:
-        """Send one command of small arguments and return its parsed reply."""
-        self.sock.sendall(self._header([_b(a) for a in args]))
-        return self._read_reply()
-
-    def pipeline(self, commands: Sequence[Sequence[str | bytes]]) -> list[Any]:
-        """Send *commands* at once, then read their replies in order; an error reply reads None."""
-        if not commands:
-            return []
-        self.sock.sendall(b"".join(self._header([_b(a) for a in c]) for c in commands))
-        out: list[Any] = []
-        for _ in commands:
-            try:
-                out.append(self._read_reply())
-            except RespError:
-                out.append(None)
-        return out
-
-    def set(self, key: str | bytes, value: Buffer) -> None:
-        """``SET key value``: header, *value* itself and CRLF, gathered (no copy of the value)."""
-        mv = memoryview(value).cast("B")
-        self._send_all([self._header([b"SET", _b(key)], len(mv)), mv, b"\r\n"])
-        reply = self._read_reply()
-        if reply != "OK":
-            raise RespError(f"SET {key!r}: unexpected reply {reply!r}")
-
-    def get_into(self, key: str | bytes, buf: bytearray | memoryview) -> int | None:
-        """``GET key`` into *buf*: the value's length, or None when the key does not exist.
-
-        Raises:
-            RespError: an error reply, or a value longer than *buf* (the value is read and
-                dropped first, so the connection stays usable).
-        """
-        self.sock.sendall(self._header([b"GET", _b(key)]))
-        line = self._readline()
-        kind, rest = line[:1], line[1:]
-        if kind == b"-":
-            raise RespError(rest.decode(errors="replace"))
-        if kind != b"$":
-            raise RespError(f"GET {key!r}: unexpected reply line {line[:40]!r}")
-        n = int(rest)
-        if n < 0:
-            return None
-        dst = memoryview(buf).cast("B")
-        if n > len(dst):
-            self._read_exact_into(memoryview(bytearray(n)))
-            self._skip_crlf()
-            raise RespError(f"GET {key!r}: value of {n} bytes does not fit a {len(dst)}-byte buffer")
-        self._read_exact_into(dst[:n])
-        self._skip_crlf()
-        return n
-
-    def get(self, key: str | bytes) -> bytes | None:
-        """``GET key`` as new bytes (allocates; for checks, not for the bench)."""
-        reply = self.command("GET", key)
-        if reply is not None and not isinstance(reply, bytes):
-            raise RespError(f"GET {key!r}: unexpected reply {reply!r}")
-        return reply
-
-    def delete(self, *keys: str | bytes) -> int:
-        """``DEL keys...``: how many existed."""
-        return int(self.command("DEL", *keys)) if keys else 0
 
 
 def bench_raw_resp(
@@ -657,7 +432,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``datapath.py datapath ...``: run the bench and print its result as JSON."""
+    """``python -m kvstack_node.datapath datapath ...``: run the bench and print its result as JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = ap.add_subparsers(dest="cmd", required=True)
     dp = sub.add_parser("datapath", help=f"KV data-path bench (password from ${PASSWORD_ENV})")

@@ -1,0 +1,9 @@
+"""Addresses of the inventory's hosts as the node checks use them."""
+
+from __future__ import annotations
+
+
+def access_address(hostvars: dict) -> str:
+    """The address clients use for a host (roles/kvstack_defaults' kvstack_access_addresses, as
+    far as the inventory alone says: its access_address, else its ansible_host)."""
+    return hostvars.get("access_address") or hostvars["ansible_host"]
