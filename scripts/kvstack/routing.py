@@ -19,6 +19,7 @@ from kvstack import measure, provision
 from kvstack import metrics as m
 from kvstack.loadgen import LoadConfig, log_progress
 from kvstack.log import progress
+from kvstack.results_schema import NodeStats, Routing, RoutingRun, RoutingTarget
 from kvstack.stack import Endpoints, StackError, metric_sources, reset_prefix_cache, wait_healthy
 from kvstack.stats import SLO, summarize
 from kvstack.waits import wait_until
@@ -91,12 +92,12 @@ def wait_backends(router: Router, n: int, timeout_s: float = 300) -> None:
     )
 
 
-def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict[str, dict[str, Any]]:
+def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict[str, NodeStats]:
     """Per serving node: requests routed to it and where its prompt tokens came from.
 
     *nodes* maps node name to its vLLM URL (the router labels backends by URL)."""
     routed = deltas.get("router", {})
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, NodeStats] = {}
     for node, url in nodes.items():
         requests = sum(
             val for k, val in routed.items() if k.startswith(ROUTER_COUNTER) and f'worker="{url}"' in k
@@ -125,7 +126,7 @@ def measured_run(
     return summary, mr.deltas, mr.errors, f"runs/{name}"
 
 
-def log_run(kind: str, label: str, summary: dict[str, Any], per: dict[str, dict[str, Any]]) -> None:
+def log_run(kind: str, label: str, summary: dict[str, Any], per: dict[str, NodeStats]) -> None:
     """One progress line: throughput, TTFT P95, failures, and requests and hit rate per node."""
     p95 = summary["ttft"]["p95"]
     progress(
@@ -144,7 +145,7 @@ def run_config(
     nodes: list[str],
     out_dir: Path,
     slo: SLO,
-) -> dict[str, Any]:
+) -> RoutingRun:
     """One measured run through the router; returns its entry for results.json."""
     vllms = {n: ep.vllm(n) for n in ep.serving}
     for v in vllms.values():
@@ -167,7 +168,7 @@ def run_config(
     }
 
 
-def target(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def target(runs: list[RoutingRun]) -> RoutingTarget | None:
     """Cache-aware TTFT P95 >= 1.5x better than round-robin on 2 nodes, and a higher hit rate on
     every node: met or missed, with the measured figures."""
     by = {r["config"]: r for r in runs}
@@ -214,7 +215,7 @@ def run_routing(
     log: Path,
     slo: SLO,
     save,
-) -> dict[str, Any]:
+) -> Routing:
     """Every configuration of :data:`CONFIGS` the inventory allows, in order.
 
     *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, model, i)* its load
@@ -222,7 +223,7 @@ def run_routing(
     """
     router = router_of(ep)
     serving = list(ep.serving)
-    result: dict[str, Any] = {"router": router.url, "runs": [], "missing": [], "switch_s": []}
+    result: Routing = {"router": router.url, "runs": [], "missing": [], "switch_s": []}
     try:
         for i, (label, (n, policy)) in enumerate(CONFIGS.items()):
             if n > len(serving):

@@ -16,6 +16,7 @@ import pytest
 from local_redis import PASSWORD
 
 from kvstack import datapath as dp
+from kvstack import results_schema as schema
 
 HAS_LMCACHE = importlib.util.find_spec("lmcache") is not None
 
@@ -103,6 +104,7 @@ def test_run_datapath_rows(redis: tuple[str, int]) -> None:
         assert r["n"] == 3
         assert r["p99_ms"] >= r["p50_ms"] > 0
     json.dumps(out)  # what results.json holds
+    assert schema.problems(rows, list[schema.DatapathRow], "kv_datapath") == []
     with dp.RespClient(*redis, PASSWORD) as c:  # the bench cleans up after itself
         assert c.command("DBSIZE") == 0
 

@@ -8,6 +8,7 @@ import json
 import pytest
 from test_report import PNG_MAGIC, full_results, summary
 
+from kvstack import results_schema as schema
 from kvstack import routing
 
 URLS = {"serve1": "http://10.0.0.11:8000", "serve2": "http://10.0.0.12:8000"}
@@ -48,6 +49,7 @@ def test_per_node_requests_and_hit_rates():
         "hit_rate": 0.8,
     }
     assert out["serve2"]["requests"] == 10 and out["serve2"]["hit_rate"] == 0.5
+    assert schema.problems(out, dict[str, schema.NodeStats], "per_node") == []
 
 
 def test_per_node_without_traffic_has_no_rate():
@@ -97,6 +99,7 @@ def test_target_needs_both_the_ratio_and_every_node(ca_scale, ca_rates, met):
     p95 = [r["summary"]["ttft"]["p95"] for r in runs]
     assert t["measured"] == pytest.approx(p95[0] / p95[1])
     assert t["hit_rate_higher_on"]["serve1"] is True
+    assert schema.problems(t, schema.RoutingTarget, "routing.target") == []
 
 
 def test_target_absent_without_both_two_node_runs():
