@@ -13,7 +13,6 @@ are against ``none`` at the same load.
 from __future__ import annotations
 
 import math
-import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from kvstack import REPO
 from kvstack import results_schema as schema
+from kvstack.measure import safe_name
 from kvstack.results_schema import ResultsJson, RunEntry, Target
 
 PROFILES = ("none", "dram", "kv", "dram+kv")
@@ -439,10 +439,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def plot_throughput(results: ResultsJson, path: Path) -> bool:
     """Input and output tokens/s per profile and load (grouped bars), labelled with the ratio to
     ``none``; False (nothing written) without runs."""
@@ -626,7 +622,7 @@ def write_plots(results: ResultsJson, outdir: Path) -> dict[str, str]:
     if plot_throughput(results, outdir / "throughput.png"):
         images["throughput"] = "throughput.png"
     for load in loads_of(results):
-        name = f"latency_{_safe(load)}.png"
+        name = f"latency_{safe_name(load)}.png"
         if plot_latency(results, load, outdir / name):
             images[f"latency_{load}"] = name
     if plot_kv_datapath(results, outdir / "kv_datapath.png"):
