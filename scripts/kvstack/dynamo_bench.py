@@ -18,12 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kvstack import measure, provision, stack
 from kvstack import metrics as m
-from kvstack import provision, stack
 from kvstack.loadgen import LoadConfig
 from kvstack.log import progress
 from kvstack.results_schema import Dynamo, DynamoRun, NodeStats
-from kvstack.routing import log_run, measured_run
+from kvstack.routing import log_run
 from kvstack.stack import Endpoints, StackError, fetch_endpoints, lmcache_source
 from kvstack.stats import SLO
 from kvstack.waits import wait_until
@@ -162,22 +162,22 @@ def run_config(
     """One measured run through the frontend; returns its entry for results.json."""
     n, lmcache = CONFIGS[label]
     sources = sources_for(ep, nodes, lmcache)
-    summary, deltas, errors, path = measured_run("dynamo", label, conversations, lc, sources, out_dir, slo)
-    workers = per_worker(deltas, nodes)
-    log_run("dynamo", label, summary, workers)
+    run = measure.config_run("dynamo", label, conversations, lc, sources, out_dir, slo)
+    workers = per_worker(run.deltas, nodes)
+    log_run("dynamo", label, run.summary, workers)
     lm_hits = sum(
-        m.total(deltas.get(f"lmcache@{node}", {}), "lmcache_mp_lookup_hit_tokens_total") for node in nodes
+        m.total(run.deltas.get(f"lmcache@{node}", {}), "lmcache_mp_lookup_hit_tokens_total") for node in nodes
     )
     return {
         "config": label,
         "workers": n,
         "worker_hosts": nodes,
         "lmcache": lmcache,
-        "file": path,
-        "summary": summary,
+        "file": run.file,
+        "summary": run.summary,
         "per_worker": workers,
         "lmcache_hit_tokens": int(lm_hits),
-        "counter_errors": errors,
+        "counter_errors": run.errors,
     }
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from kvstack import measure, provision
 from kvstack import metrics as m
-from kvstack.loadgen import LoadConfig, log_progress
+from kvstack.loadgen import LoadConfig
 from kvstack.log import progress
 from kvstack.results_schema import NodeStats, Routing, RoutingRun, RoutingTarget
 from kvstack.stack import Endpoints, StackError, metric_sources, reset_prefix_cache, wait_healthy
-from kvstack.stats import SLO, summarize
+from kvstack.stats import SLO
 from kvstack.waits import wait_until
 
 #: Configurations in run order: label -> (number of backend nodes, policy).
@@ -106,26 +106,6 @@ def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict
     return out
 
 
-def measured_run(
-    kind: str,
-    label: str,
-    conversations: list,
-    lc: LoadConfig,
-    sources: list[m.Source],
-    out_dir: Path,
-    slo: SLO,
-) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[str], str]:
-    """One run of *conversations* with *sources* read before and after (:mod:`kvstack.measure`);
-    the requests go to ``out_dir/<kind>__<label>.jsonl`` and the counter deltas beside them.
-    Returns (summary, deltas, counter errors, the JSONL's path relative to the results directory)."""
-    mr = measure.measured_run(
-        conversations, lc, sources, log_progress(f"{kind} {label}", every=max(10, len(conversations)))
-    )
-    name = measure.write_run(out_dir, f"{kind}__{measure.safe_name(label)}", mr.out.records, mr.deltas)
-    summary = summarize(mr.out.records, slo=slo, wall_time_s=mr.out.wall_time_s).to_dict()
-    return summary, mr.deltas, mr.errors, f"runs/{name}"
-
-
 def log_run(kind: str, label: str, summary: dict[str, Any], per: dict[str, NodeStats]) -> None:
     """One progress line: throughput, TTFT P95, failures, and requests and hit rate per node."""
     p95 = summary["ttft"]["p95"]
@@ -153,18 +133,18 @@ def run_config(
         reset_prefix_cache(v)
     sources, _ = metric_sources(ep, list(ep.serving), lmcache=True)
     sources.append(m.Source("router", "router", lambda: m.scrape(router.metrics_url, ("vllm_router_",))))
-    summary, deltas, errors, path = measured_run("routing", label, conversations, lc, sources, out_dir, slo)
-    nodes_seen = per_node(deltas, {n: vllms[n]["url"] for n in ep.serving})
-    log_run("routing", label, summary, nodes_seen)
+    run = measure.config_run("routing", label, conversations, lc, sources, out_dir, slo)
+    nodes_seen = per_node(run.deltas, {n: vllms[n]["url"] for n in ep.serving})
+    log_run("routing", label, run.summary, nodes_seen)
     return {
         "config": label,
         "nodes": len(nodes),
         "backend_hosts": nodes,
         "policy": CONFIGS[label][1],
-        "file": path,
-        "summary": summary,
+        "file": run.file,
+        "summary": run.summary,
         "per_node": nodes_seen,
-        "counter_errors": errors,
+        "counter_errors": run.errors,
     }
 
 
