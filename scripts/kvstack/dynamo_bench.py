@@ -18,11 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kvstack import measure, provision, stack
 from kvstack import metrics as m
-from kvstack import provision, stack
 from kvstack.loadgen import LoadConfig
 from kvstack.log import progress
-from kvstack.routing import log_run, measured_run
+from kvstack.results_schema import Dynamo, DynamoRun, NodeStats
+from kvstack.routing import log_run
 from kvstack.stack import Endpoints, StackError, fetch_endpoints, lmcache_source
 from kvstack.stats import SLO
 from kvstack.waits import wait_until
@@ -128,10 +129,10 @@ def _completes(url: str, model: str) -> bool:
         return False
 
 
-def per_worker(deltas: dict[str, dict[str, float]], nodes: list[str]) -> dict[str, dict[str, Any]]:
+def per_worker(deltas: dict[str, dict[str, float]], nodes: list[str]) -> dict[str, NodeStats]:
     """Per worker node: requests it finished and where its prompt tokens came from (vLLM's
     ``prompt_tokens_by_source``: its own prefix cache, LMCache, or computed)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, NodeStats] = {}
     for node in nodes:
         d = deltas.get(f"dynamo@{node}", {})
         out[node] = {"requests": int(m.total(d, "vllm:request_success_total")), **m.prompt_sources(d)}
@@ -157,30 +158,30 @@ def run_config(
     nodes: list[str],
     out_dir: Path,
     slo: SLO,
-) -> dict[str, Any]:
+) -> DynamoRun:
     """One measured run through the frontend; returns its entry for results.json."""
     n, lmcache = CONFIGS[label]
     sources = sources_for(ep, nodes, lmcache)
-    summary, deltas, errors, path = measured_run("dynamo", label, conversations, lc, sources, out_dir, slo)
-    workers = per_worker(deltas, nodes)
-    log_run("dynamo", label, summary, workers)
+    run = measure.config_run("dynamo", label, conversations, lc, sources, out_dir, slo)
+    workers = per_worker(run.deltas, nodes)
+    log_run("dynamo", label, run.summary, workers)
     lm_hits = sum(
-        m.total(deltas.get(f"lmcache@{node}", {}), "lmcache_mp_lookup_hit_tokens_total") for node in nodes
+        m.total(run.deltas.get(f"lmcache@{node}", {}), "lmcache_mp_lookup_hit_tokens_total") for node in nodes
     )
     return {
         "config": label,
         "workers": n,
         "worker_hosts": nodes,
         "lmcache": lmcache,
-        "file": path,
-        "summary": summary,
+        "file": run.file,
+        "summary": run.summary,
         "per_worker": workers,
         "lmcache_hit_tokens": int(lm_hits),
-        "counter_errors": errors,
+        "counter_errors": run.errors,
     }
 
 
-def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def comparisons(runs: list[DynamoRun]) -> dict[str, float | None]:
     """Ratios measured in this run: LMCache attached vs not (same workers), two workers vs one."""
     by = {r["config"]: r["summary"] for r in runs}
 
@@ -190,7 +191,7 @@ def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
         x, y = _metric(by[a], key), _metric(by[b], key)
         return x / y if x and y else None
 
-    out: dict[str, Any] = {}
+    out: dict[str, float | None] = {}
     for n in ("1 worker", "2 workers"):
         out[f"lmcache TTFT P50 speed-up ({n})"] = ratio(f"dynamo {n}", f"dynamo+lmcache {n}", "ttft.p50")
         out[f"lmcache TTFT P95 speed-up ({n})"] = ratio(f"dynamo {n}", f"dynamo+lmcache {n}", "ttft.p95")
@@ -216,7 +217,7 @@ def run_dynamo(
     log: Path,
     slo: SLO,
     save,
-) -> dict[str, Any]:
+) -> Dynamo:
     """Every configuration of :data:`CONFIGS` the inventory allows, in order, then Dynamo back to
     the inventory's settings.
 
@@ -228,7 +229,7 @@ def run_dynamo(
     # not change between configurations.
     ep_on = fetch_endpoints(inventory, {"dynamo_enabled": True})
     host, front = frontend_of(ep_on)
-    result: dict[str, Any] = {
+    result: Dynamo = {
         "frontend": front["url"],
         "router_mode": front["router_mode"],
         "frontend_host": host,

@@ -1,6 +1,7 @@
 """One measured load run, the same for every step that sends load (the bench matrix, routing,
 Dynamo): counters snapshotted before and after, and the raw requests and counter deltas written
-beside the results as ``<stem>.jsonl`` and ``<stem>.metrics.json``."""
+beside the results as ``<stem>.jsonl`` and ``<stem>.metrics.json``. :func:`config_run` is that
+run for one configuration of the routing and Dynamo benches, its files written and summarized."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kvstack import loadgen
 from kvstack import metrics as m
-from kvstack.stats import RequestResult, write_jsonl
+from kvstack.stats import SLO, RequestResult, summarize, write_jsonl
 
 
 @dataclass
@@ -53,3 +55,36 @@ def write_run(
     write_jsonl(records, out_dir / f"{stem}.jsonl")
     (out_dir / f"{stem}.metrics.json").write_text(json.dumps(deltas, indent=1, sort_keys=True))
     return f"{stem}.jsonl"
+
+
+@dataclass
+class ConfigRun:
+    """One configuration's measured run (routing, Dynamo), as its results.json entry uses it."""
+
+    #: :meth:`kvstack.stats.Summary.to_dict` of its requests
+    summary: dict[str, Any]
+    deltas: dict[str, dict[str, float]]
+    #: sources that could not be read
+    errors: list[str]
+    #: the requests' JSONL, relative to the results directory (``runs/<kind>__<label>.jsonl``)
+    file: str
+
+
+def config_run(
+    kind: str,
+    label: str,
+    conversations: list,
+    lc: loadgen.LoadConfig,
+    sources: list[m.Source],
+    out_dir: Path,
+    slo: SLO,
+) -> ConfigRun:
+    """:func:`measured_run` of configuration *label* of bench *kind* (progress logged as
+    ``<kind> <label>``); the requests go to ``out_dir/<kind>__<label>.jsonl`` and the counter
+    deltas beside them (:func:`write_run`), the summary is against *slo*."""
+    mr = measured_run(
+        conversations, lc, sources, loadgen.log_progress(f"{kind} {label}", every=max(10, len(conversations)))
+    )
+    name = write_run(out_dir, f"{kind}__{safe_name(label)}", mr.out.records, mr.deltas)
+    summary = summarize(mr.out.records, slo=slo, wall_time_s=mr.out.wall_time_s).to_dict()
+    return ConfigRun(summary, mr.deltas, mr.errors, f"runs/{name}")

@@ -1,21 +1,8 @@
 """The bench report: ``results.json`` of a run -> ``report.md`` (Jinja2) and PNG plots (matplotlib).
 
-``results.json`` (what the bench writes; every key but ``runs`` may be absent)::
-
-    {
-      "run_id": "2026-11-28T12-00-00", "started_at": "...", "finished_at": "..." | null,
-      "interrupted": false,
-      "machine": {"description": "2 cores, 24 GiB, Debian 12, no GPU (the lab)", "...": "..."},
-      "workload": {"name": "multi-round-qa", "params": {...}, "working_set_tokens": 1048576, ...},
-      "plan": {"profiles": ["none", "dram", "kv", "dram+kv"], "loads": ["c1", "c4"], "kv_datapath": true},
-      "runs": [{"profile": "none", "load": "c4", "summary": <kvstack.stats.Summary.to_dict()>,
-                "metrics": {"vllm prefix-cache hit rate": 0.41, "...": 0}}],
-      "kv_datapath": [{"path": "raw RESP GET", "value_bytes": 2097152, "gb_per_s": 1.9},
-                      {"path": "memcpy", "value_bytes": null, "gb_per_s": 9.1}],
-      "targets": [{"name": "tokens/s dram+kv vs none", "value": 2.4, "target": 3.0, "op": ">=",
-                   "unit": "x", "detail": "multi-round QA, load c4"}],
-      "missing": ["free text: parts the bench knows it did not measure"]
-    }
+``results.json``'s keys and rows are typed in :mod:`kvstack.results_schema`; :func:`write_report`
+reads the file through its :func:`~kvstack.results_schema.load` (the required keys checked, the
+optional ones an interrupted run lacks tolerated). The functions below take such a dict.
 
 Planned profile x load cells without a run, a planned KV data-path bench without rows, and the
 ``missing`` notes are listed in the report as missing, so an interrupted run still renders what it
@@ -25,16 +12,18 @@ are against ``none`` at the same load.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from kvstack import REPO
+from kvstack import results_schema as schema
+from kvstack.measure import safe_name
+from kvstack.results_schema import ResultsJson, RunEntry, Target
 
 PROFILES = ("none", "dram", "kv", "dram+kv")
 BASELINE = "none"
@@ -67,7 +56,7 @@ def _ms(x: float | None) -> float | None:
     return None if x is None else x * 1000
 
 
-def _get(d: dict[str, Any], *path: str) -> Any:
+def _get(d: Mapping[str, Any], *path: str) -> Any:
     """``d[p0][p1]...`` or None where any key is absent."""
     for p in path:
         if not isinstance(d, dict) or p not in d:
@@ -76,7 +65,7 @@ def _get(d: dict[str, Any], *path: str) -> Any:
     return d
 
 
-def profiles_of(results: dict[str, Any]) -> list[str]:
+def profiles_of(results: ResultsJson) -> list[str]:
     """Planned profiles, then any other profile that ran, in a stable order."""
     planned = list(_get(results, "plan", "profiles") or [])
     ran = [r["profile"] for r in results.get("runs", [])]
@@ -84,19 +73,19 @@ def profiles_of(results: dict[str, Any]) -> list[str]:
     return known + [p for p in dict.fromkeys(ran) if p not in known]
 
 
-def loads_of(results: dict[str, Any]) -> list[str]:
+def loads_of(results: ResultsJson) -> list[str]:
     """Planned load levels, then any other load that ran."""
     planned = [str(x) for x in _get(results, "plan", "loads") or []]
     ran = [str(r["load"]) for r in results.get("runs", [])]
     return planned + [x for x in dict.fromkeys(ran) if x not in planned]
 
 
-def run_index(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+def run_index(results: ResultsJson) -> dict[tuple[str, str], RunEntry]:
     """(profile, load) -> run (the last one when repeated)."""
     return {(r["profile"], str(r["load"])): r for r in results.get("runs", [])}
 
 
-def missing_parts(results: dict[str, Any]) -> list[str]:
+def missing_parts(results: ResultsJson) -> list[str]:
     """What a complete run would have and this one lacks."""
     runs = run_index(results)
     out = [
@@ -113,7 +102,7 @@ def missing_parts(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def evaluate_target(t: dict[str, Any]) -> dict[str, Any]:
+def evaluate_target(t: Target) -> dict[str, Any]:
     """A target row: ``status`` met / missed / not measured and by how much, relative to the target."""
     value, target, op, unit = t.get("value"), float(t["target"]), t.get("op", ">="), t.get("unit", "")
     if op not in (">=", "<="):
@@ -136,7 +125,7 @@ def evaluate_target(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _throughput_rows(results: dict[str, Any]) -> list[list[str]]:
+def _throughput_rows(results: ResultsJson) -> list[list[str]]:
     runs = run_index(results)
     rows = []
     for load in loads_of(results):
@@ -164,7 +153,7 @@ def _throughput_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _latency_rows(results: dict[str, Any]) -> list[list[str]]:
+def _latency_rows(results: ResultsJson) -> list[list[str]]:
     runs = run_index(results)
     rows = []
     for load in loads_of(results):
@@ -189,7 +178,7 @@ METRIC_GROUPS = (
 )
 
 
-def _metrics_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
+def _metrics_tables(results: ResultsJson) -> list[dict[str, Any]]:
     """Per-run counters as tables per :data:`METRIC_GROUPS`, runs in profile then load order."""
     order = {
         (p, load): i
@@ -226,7 +215,7 @@ def _metrics_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
     return tables
 
 
-def _kv_table(results: dict[str, Any]) -> dict[str, Any] | None:
+def _kv_table(results: ResultsJson) -> dict[str, Any] | None:
     rows = results.get("kv_datapath") or []
     sized = [r for r in rows if r.get("value_bytes") is not None]
     refs = [r for r in rows if r.get("value_bytes") is None]
@@ -241,7 +230,7 @@ def _kv_table(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"paths": paths, "rows": table, "refs": [[r["path"], fmt(r["gb_per_s"], 2)] for r in refs]}
 
 
-def _probe_table(results: dict[str, Any]) -> dict[str, Any] | None:
+def _probe_table(results: ResultsJson) -> dict[str, Any] | None:
     """The TTFT probe (``results["ttft_probe"]``): per phase P50/min/max TTFT and where its prompt
     tokens came from (vLLM's and LMCache's counters)."""
     p = results.get("ttft_probe")
@@ -263,7 +252,7 @@ def _probe_table(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"tokens": p.get("prompt_tokens"), "n": p.get("n"), "failed": p.get("failed", 0), "rows": rows}
 
 
-def _probes_table(results: dict[str, Any]) -> list[list[str]]:
+def _probes_table(results: ResultsJson) -> list[list[str]]:
     """One row per configuration the probe ran in (with ``--chunk-sizes`` or ``--set``)."""
     rows = []
     for label, p in (results.get("ttft_probes") or {}).items():
@@ -282,7 +271,7 @@ def _probes_table(results: dict[str, Any]) -> list[list[str]]:
     return rows if len(rows) > 1 else []
 
 
-def _rocksdb_table(results: dict[str, Any]) -> dict[str, Any] | None:
+def _rocksdb_table(results: ResultsJson) -> dict[str, Any] | None:
     """The RocksDB engine bench (``results["rocksdb"]``, kvstack.rocksbench.run_rocksdb): one row per
     profile, medium and value size; ``unmapped`` lists per profile the Kvrocks keys not applied."""
     rows = results.get("rocksdb") or []
@@ -314,7 +303,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
-def _config_tables(runs: list[dict[str, Any]], per: str) -> tuple[list[list[str]], list[list[str]]]:
+def _config_tables(runs: Sequence[Mapping[str, Any]], per: str) -> tuple[list[list[str]], list[list[str]]]:
     """Runs of one configuration each (routing, Dynamo): latency and throughput per configuration,
     and requests and hit rates per node (``runs[i][per]``: node -> figures)."""
     summary, nodes = [], []
@@ -333,7 +322,7 @@ def _config_tables(runs: list[dict[str, Any]], per: str) -> tuple[list[list[str]
     return summary, nodes
 
 
-def _routing_tables(results: dict[str, Any]) -> dict[str, Any] | None:
+def _routing_tables(results: ResultsJson) -> dict[str, Any] | None:
     """Routing runs: per configuration and per serving node."""
     routing = results.get("routing") or {}
     runs = routing.get("runs") or []
@@ -349,7 +338,7 @@ def _routing_tables(results: dict[str, Any]) -> dict[str, Any] | None:
 MIN_RATIO_SAMPLE = 100
 
 
-def _dynamo_tables(results: dict[str, Any]) -> dict[str, Any] | None:
+def _dynamo_tables(results: ResultsJson) -> dict[str, Any] | None:
     """Dynamo runs: per configuration and per worker, and the ratios measured between them."""
     dyn = results.get("dynamo") or {}
     runs = dyn.get("runs") or []
@@ -368,7 +357,7 @@ def _dynamo_tables(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def context(results: dict[str, Any], images: dict[str, str] | None = None) -> dict[str, Any]:
+def context(results: ResultsJson, images: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything the template shows, as preformatted strings."""
     machine = dict(results.get("machine") or {})
     images = images or {}
@@ -403,7 +392,7 @@ def context(results: dict[str, Any], images: dict[str, str] | None = None) -> di
     }
 
 
-def render_markdown(results: dict[str, Any], images: dict[str, str] | None = None) -> str:
+def render_markdown(results: ResultsJson, images: dict[str, str] | None = None) -> str:
     """The report as Markdown; *images* maps plot names (``throughput``, ``latency_<load>``,
     ``kv_datapath``) to paths relative to the report."""
     env = Environment(
@@ -417,7 +406,7 @@ def render_markdown(results: dict[str, Any], images: dict[str, str] | None = Non
     return env.get_template(TEMPLATE).render(**context(results, images))
 
 
-def summary_table(results: dict[str, Any]) -> str:
+def summary_table(results: ResultsJson) -> str:
     """A plain-text table of tokens/s and TTFT P50 per profile and load, for the end of a run."""
     w = max([10, *(len(p) for p in profiles_of(results))])
     runs = run_index(results)
@@ -450,11 +439,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def plot_throughput(results: dict[str, Any], path: Path) -> bool:
+def plot_throughput(results: ResultsJson, path: Path) -> bool:
     """Input and output tokens/s per profile and load (grouped bars), labelled with the ratio to
     ``none``; False (nothing written) without runs."""
     runs = run_index(results)
@@ -498,7 +483,7 @@ def _save(plt: Any, fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_latency(results: dict[str, Any], load: str, path: Path) -> bool:
+def plot_latency(results: ResultsJson, load: str, path: Path) -> bool:
     """TTFT, ITL and E2E P50/P95/P99 per profile at one load (grouped bars)."""
     runs = run_index(results)
     profiles = [p for p in profiles_of(results) if (p, load) in runs]
@@ -522,7 +507,7 @@ def plot_latency(results: dict[str, Any], load: str, path: Path) -> bool:
     return True
 
 
-def plot_kv_datapath(results: dict[str, Any], path: Path) -> bool:
+def plot_kv_datapath(results: ResultsJson, path: Path) -> bool:
     """GB/s per value size for each data path (lines); size-less references as dashed lines."""
     rows = results.get("kv_datapath") or []
     if not rows:
@@ -549,7 +534,7 @@ def plot_kv_datapath(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def plot_rocksdb(results: dict[str, Any], path: Path) -> bool:
+def plot_rocksdb(results: ResultsJson, path: Path) -> bool:
     """RocksDB engine bench: put and get GB/s per profile, medium and value size (grouped bars)."""
     rows = results.get("rocksdb") or []
     if not rows:
@@ -572,19 +557,19 @@ def plot_rocksdb(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def plot_routing(results: dict[str, Any], path: Path) -> bool:
+def plot_routing(results: ResultsJson, path: Path) -> bool:
     """Routing: TTFT P50/P95/P99 per configuration, and hit rate per node and configuration."""
     runs = (results.get("routing") or {}).get("runs") or []
     return _plot_configs(runs, "per_node", "TTFT through the router", "hit rate per serving node", path)
 
 
-def plot_dynamo(results: dict[str, Any], path: Path) -> bool:
+def plot_dynamo(results: ResultsJson, path: Path) -> bool:
     """Dynamo: TTFT P50/P95/P99 per configuration, and hit rate per worker and configuration."""
     runs = (results.get("dynamo") or {}).get("runs") or []
     return _plot_configs(runs, "per_worker", "TTFT through Dynamo's frontend", "hit rate per worker", path)
 
 
-def _plot_configs(runs: list[dict[str, Any]], per: str, title1: str, title2: str, path: Path) -> bool:
+def _plot_configs(runs: Sequence[Mapping[str, Any]], per: str, title1: str, title2: str, path: Path) -> bool:
     """TTFT percentiles per configuration (left) and, per node, the share of prompt tokens from
     vLLM's own cache and from LMCache (right, stacked)."""
     if not runs:
@@ -631,13 +616,13 @@ def _plot_configs(runs: list[dict[str, Any]], per: str, title1: str, title2: str
     return True
 
 
-def write_plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
+def write_plots(results: ResultsJson, outdir: Path) -> dict[str, str]:
     """Write every plot the results allow into *outdir*; returns name -> file name."""
     images: dict[str, str] = {}
     if plot_throughput(results, outdir / "throughput.png"):
         images["throughput"] = "throughput.png"
     for load in loads_of(results):
-        name = f"latency_{_safe(load)}.png"
+        name = f"latency_{safe_name(load)}.png"
         if plot_latency(results, load, outdir / name):
             images[f"latency_{load}"] = name
     if plot_kv_datapath(results, outdir / "kv_datapath.png"):
@@ -655,7 +640,7 @@ def write_report(results_dir: str | Path, *, plots: bool = True) -> Path:
     """Render ``results_dir/results.json`` into ``report.md`` and PNG plots beside it; returns the
     report's path."""
     d = Path(results_dir)
-    results = json.loads((d / "results.json").read_text())
+    results = schema.load(d / "results.json")
     images = write_plots(results, d) if plots else {}
     out = d / "report.md"
     out.write_text(render_markdown(results, images))

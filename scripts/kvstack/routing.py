@@ -17,10 +17,11 @@ from typing import Any
 
 from kvstack import measure, provision
 from kvstack import metrics as m
-from kvstack.loadgen import LoadConfig, log_progress
+from kvstack.loadgen import LoadConfig
 from kvstack.log import progress
+from kvstack.results_schema import NodeStats, Routing, RoutingRun, RoutingTarget
 from kvstack.stack import Endpoints, StackError, metric_sources, reset_prefix_cache, wait_healthy
-from kvstack.stats import SLO, summarize
+from kvstack.stats import SLO
 from kvstack.waits import wait_until
 
 #: Configurations in run order: label -> (number of backend nodes, policy).
@@ -91,12 +92,12 @@ def wait_backends(router: Router, n: int, timeout_s: float = 300) -> None:
     )
 
 
-def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict[str, dict[str, Any]]:
+def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict[str, NodeStats]:
     """Per serving node: requests routed to it and where its prompt tokens came from.
 
     *nodes* maps node name to its vLLM URL (the router labels backends by URL)."""
     routed = deltas.get("router", {})
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, NodeStats] = {}
     for node, url in nodes.items():
         requests = sum(
             val for k, val in routed.items() if k.startswith(ROUTER_COUNTER) and f'worker="{url}"' in k
@@ -105,27 +106,7 @@ def per_node(deltas: dict[str, dict[str, float]], nodes: dict[str, str]) -> dict
     return out
 
 
-def measured_run(
-    kind: str,
-    label: str,
-    conversations: list,
-    lc: LoadConfig,
-    sources: list[m.Source],
-    out_dir: Path,
-    slo: SLO,
-) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[str], str]:
-    """One run of *conversations* with *sources* read before and after (:mod:`kvstack.measure`);
-    the requests go to ``out_dir/<kind>__<label>.jsonl`` and the counter deltas beside them.
-    Returns (summary, deltas, counter errors, the JSONL's path relative to the results directory)."""
-    mr = measure.measured_run(
-        conversations, lc, sources, log_progress(f"{kind} {label}", every=max(10, len(conversations)))
-    )
-    name = measure.write_run(out_dir, f"{kind}__{measure.safe_name(label)}", mr.out.records, mr.deltas)
-    summary = summarize(mr.out.records, slo=slo, wall_time_s=mr.out.wall_time_s).to_dict()
-    return summary, mr.deltas, mr.errors, f"runs/{name}"
-
-
-def log_run(kind: str, label: str, summary: dict[str, Any], per: dict[str, dict[str, Any]]) -> None:
+def log_run(kind: str, label: str, summary: dict[str, Any], per: dict[str, NodeStats]) -> None:
     """One progress line: throughput, TTFT P95, failures, and requests and hit rate per node."""
     p95 = summary["ttft"]["p95"]
     progress(
@@ -144,7 +125,7 @@ def run_config(
     nodes: list[str],
     out_dir: Path,
     slo: SLO,
-) -> dict[str, Any]:
+) -> RoutingRun:
     """One measured run through the router; returns its entry for results.json."""
     vllms = {n: ep.vllm(n) for n in ep.serving}
     for v in vllms.values():
@@ -152,22 +133,22 @@ def run_config(
         reset_prefix_cache(v)
     sources, _ = metric_sources(ep, list(ep.serving), lmcache=True)
     sources.append(m.Source("router", "router", lambda: m.scrape(router.metrics_url, ("vllm_router_",))))
-    summary, deltas, errors, path = measured_run("routing", label, conversations, lc, sources, out_dir, slo)
-    nodes_seen = per_node(deltas, {n: vllms[n]["url"] for n in ep.serving})
-    log_run("routing", label, summary, nodes_seen)
+    run = measure.config_run("routing", label, conversations, lc, sources, out_dir, slo)
+    nodes_seen = per_node(run.deltas, {n: vllms[n]["url"] for n in ep.serving})
+    log_run("routing", label, run.summary, nodes_seen)
     return {
         "config": label,
         "nodes": len(nodes),
         "backend_hosts": nodes,
         "policy": CONFIGS[label][1],
-        "file": path,
-        "summary": summary,
+        "file": run.file,
+        "summary": run.summary,
         "per_node": nodes_seen,
-        "counter_errors": errors,
+        "counter_errors": run.errors,
     }
 
 
-def target(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def target(runs: list[RoutingRun]) -> RoutingTarget | None:
     """Cache-aware TTFT P95 >= 1.5x better than round-robin on 2 nodes, and a higher hit rate on
     every node: met or missed, with the measured figures."""
     by = {r["config"]: r for r in runs}
@@ -214,7 +195,7 @@ def run_routing(
     log: Path,
     slo: SLO,
     save,
-) -> dict[str, Any]:
+) -> Routing:
     """Every configuration of :data:`CONFIGS` the inventory allows, in order.
 
     *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, model, i)* its load
@@ -222,7 +203,7 @@ def run_routing(
     """
     router = router_of(ep)
     serving = list(ep.serving)
-    result: dict[str, Any] = {"router": router.url, "runs": [], "missing": [], "switch_s": []}
+    result: Routing = {"router": router.url, "runs": [], "missing": [], "switch_s": []}
     try:
         for i, (label, (n, policy)) in enumerate(CONFIGS.items()):
             if n > len(serving):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvstack import bench, loadgen, stack
+from kvstack import results_schema as schema
 from kvstack.bench import BenchError, BenchOptions, Cell, Load
 from kvstack.bench import context as bench_context
 from kvstack.bench import options as bench_options
@@ -159,6 +160,7 @@ def test_targets_hand_computed():
     assert t["TTFT P50 KV-server tier vs vLLM prefix-cache hit"]["value"] == pytest.approx(1.25)
     assert t["TTFT P50 cold vs KV-server tier"]["value"] == pytest.approx(10.0)
     assert t["LMCache L2 retrieve vs raw RESP GET"]["value"] == pytest.approx(0.75)
+    assert schema.problems(list(t.values()), list[schema.Target], "targets") == []
     empty = {x["name"]: x for x in bench.targets({"runs": []}, None)}
     assert all(x["value"] is None for x in empty.values())  # not measured, never made up
 
@@ -252,6 +254,7 @@ def test_interrupted_run_keeps_what_it_measured(tmp_path, tokenizer_json, monkey
         bench.run_bench(opts)
     (out,) = (tmp_path / "results").iterdir()
     res = json.loads((out / "results.json").read_text())
+    assert schema.validate(res) == res  # what the bench wrote follows the schema the report reads
     assert res["interrupted"] and "KeyboardInterrupt" in res["error"]
     assert len(res["runs"]) == 1 and res["runs"][0]["summary"]["requests"] == 3
     first = res["runs"][0]["profile"]

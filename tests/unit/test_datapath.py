@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from local_redis import PASSWORD
 
+from kvstack import results_schema as schema
 from kvstack_node import datapath as dp
 from kvstack_node import resp
 
@@ -104,6 +105,7 @@ def test_run_datapath_rows(redis: tuple[str, int]) -> None:
         assert r["n"] == 3
         assert r["p99_ms"] >= r["p50_ms"] > 0
     json.dumps(out)  # what results.json holds
+    assert schema.problems(rows, list[schema.DatapathRow], "kv_datapath") == []
     with resp.RespClient(*redis, PASSWORD) as c:  # the bench cleans up after itself
         assert c.command("DBSIZE") == 0
 

@@ -13,6 +13,7 @@ import pytest
 from test_report import PNG_MAGIC, full_results, summary
 
 from kvstack import dynamo_bench, report
+from kvstack import results_schema as schema
 from kvstack.stack import Endpoints, StackError
 
 SRC = "vllm:prompt_tokens_by_source_total"
@@ -39,6 +40,7 @@ def test_per_worker_requests_and_hit_rates():
         "hit_rate": 0.8,
     }
     assert out["serve2"]["prompt_tokens"] == 0 and out["serve2"]["hit_rate"] is None
+    assert schema.problems(out, dict[str, schema.NodeStats], "per_worker") == []
 
 
 def run(config: str, ttft_scale: float, rates: dict[str, float]) -> dict:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from kvstack import report
+from kvstack.measure import safe_name
 from kvstack.stats import SLO, RequestResult, summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -171,3 +172,18 @@ def test_write_report_of_interrupted_run(tmp_path):
     assert (tmp_path / "latency_c4.png").read_bytes()[:8] == PNG_MAGIC  # none and dram ran at c4
     assert not (tmp_path / "kv_datapath.png").exists() and "kv_datapath.png" not in md
     assert "- profile `kv` at load `c4`: not run" in md
+
+
+def test_plot_file_names_use_the_one_sanitizer(tmp_path):
+    """A load label a file name should not carry becomes the file name kvstack.measure.safe_name
+    gives (as the raw runs' files do): ``-`` for each run of other characters."""
+    r = full_results()
+    r["plan"]["loads"] = ["c1", "q0.5 per s"]
+    for x in r["runs"]:
+        x["load"] = x["load"].replace("c4", "q0.5 per s")
+    images = report.write_plots(r, tmp_path)
+    assert (
+        images["latency_q0.5 per s"] == f"latency_{safe_name('q0.5 per s')}.png" == "latency_q0.5-per-s.png"
+    )
+    assert (tmp_path / "latency_q0.5-per-s.png").read_bytes()[:8] == PNG_MAGIC
+    assert "](latency_q0.5-per-s.png)" in report.render_markdown(r, images)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from kvstack import report
+from kvstack import results_schema as schema
 from kvstack import rocksbench as rb
 
 PROFILES_YML = yaml.safe_load(rb.profiles_file().read_text())
@@ -103,6 +104,7 @@ def test_run_rocksdb_rows_and_blob_files(tmp_path: Path) -> None:
             assert st["wal_file_bytes"] > 4 * r["value_bytes"]
     assert list(tmp_path.iterdir()) == []  # every temporary DB removed
     json.dumps(out)
+    assert schema.problems(rows, list[schema.RocksdbRow], "rocksdb") == []
 
 
 def test_run_rocksdb_missing_medium() -> None:

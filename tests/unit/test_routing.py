@@ -8,7 +8,9 @@ import json
 import pytest
 from test_report import PNG_MAGIC, full_results, summary
 
-from kvstack import routing
+from kvstack import loadgen, measure, routing
+from kvstack import results_schema as schema
+from kvstack.stats import SLO, RequestResult
 
 URLS = {"serve1": "http://10.0.0.11:8000", "serve2": "http://10.0.0.12:8000"}
 SRC = "vllm:prompt_tokens_by_source_total"
@@ -48,6 +50,7 @@ def test_per_node_requests_and_hit_rates():
         "hit_rate": 0.8,
     }
     assert out["serve2"]["requests"] == 10 and out["serve2"]["hit_rate"] == 0.5
+    assert schema.problems(out, dict[str, schema.NodeStats], "per_node") == []
 
 
 def test_per_node_without_traffic_has_no_rate():
@@ -97,6 +100,7 @@ def test_target_needs_both_the_ratio_and_every_node(ca_scale, ca_rates, met):
     p95 = [r["summary"]["ttft"]["p95"] for r in runs]
     assert t["measured"] == pytest.approx(p95[0] / p95[1])
     assert t["hit_rate_higher_on"]["serve1"] is True
+    assert schema.problems(t, schema.RoutingTarget, "routing.target") == []
 
 
 def test_target_absent_without_both_two_node_runs():
@@ -121,3 +125,26 @@ def test_report_has_the_routing_section_and_plot(tmp_path):
     assert "| 2 nodes cache_aware | serve2 | 10 | 1,000 | 80% | 10% | 80% |" in md
     assert "](routing.png)" in md
     assert (tmp_path / "routing.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_config_run_writes_the_runs_files_and_summary(tmp_path, monkeypatch):
+    """kvstack.measure.config_run, the measured run of one routing or Dynamo configuration: the
+    requests and counter deltas under runs/, the summary over the run's own wall time."""
+    recs = [RequestResult(i, i + 0.5, i + 0.1, [i + 0.1], 10, 1) for i in range(3)]
+    seen = []
+
+    def fake_run(conversations, lc, progress=None):
+        seen.append((lc.url, progress is not None))
+        return loadgen.RunResult(recs, 0.0, 4.0, "workload done", 3, 0)
+
+    monkeypatch.setattr(loadgen, "run", fake_run)
+    lc = loadgen.LoadConfig("http://router:8100", "tiny")
+    run = measure.config_run("routing", "2 nodes cache_aware", [], lc, [], tmp_path, SLO())
+    assert seen == [("http://router:8100/v1/completions", True)]  # with a progress logger
+    assert run.file == "runs/routing__2-nodes-cache_aware.jsonl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "routing__2-nodes-cache_aware.jsonl",
+        "routing__2-nodes-cache_aware.metrics.json",
+    ]
+    assert run.summary["requests"] == 3 and run.summary["wall_time_s"] == 4.0
+    assert run.deltas == {} and run.errors == []

@@ -2,11 +2,11 @@
 
 The package: :mod:`~kvstack.bench.options` (every option, declared once; the fab task is built
 from it), :mod:`~kvstack.bench.context` (what the steps share), :mod:`~kvstack.bench.results`
-(results.json and its keys), :mod:`~kvstack.bench.step` (the protocol of a step and the measured
-run), one module per step (:mod:`~kvstack.bench.matrix`, :mod:`~kvstack.bench.probe`,
-:mod:`~kvstack.bench.engines`, :mod:`~kvstack.bench.routed`), :mod:`~kvstack.bench.targets` and
-:mod:`~kvstack.bench.run` (:func:`run_bench`: validate, build the context, run each enabled
-step, finish).
+(results.json; its keys and rows are typed in :mod:`kvstack.results_schema`),
+:mod:`~kvstack.bench.step` (the protocol of a step and the measured run), one module per step
+(:mod:`~kvstack.bench.matrix`, :mod:`~kvstack.bench.probe`, :mod:`~kvstack.bench.engines`,
+:mod:`~kvstack.bench.routed`), :mod:`~kvstack.bench.targets` and :mod:`~kvstack.bench.run`
+(:func:`run_bench`: validate, build the context, run each enabled step, finish).
 
 One run, in ``results/<run id>/``:
 

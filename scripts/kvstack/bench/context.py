@@ -123,7 +123,7 @@ class Context:
         salt = derive_seed(o.seed, random.SystemRandom().randrange(1 << 62))
         slo = SLO(ttft_s=o.slo_ttft_ms / 1000, itl_s=o.slo_itl_ms / 1000)
         ctx = cls(o, loads, ep, node, res, salt, slo)
-        res.data.update(
+        res.update(
             machine=machine(),
             options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()},
             ttft_probe=None,
@@ -144,14 +144,16 @@ class Context:
         self.tok = TokenizerAdapter.from_file(self.res.dir / "tokenizer.json")
         self.bpt = bytes_per_token(json.loads((self.res.dir / "config.json").read_text()))
         self.kv_tokens, block = stack.kv_space_tokens(self.vllm)
-        self.res.data["chunk_bytes"] = int(self.ep.lmcache(self.node)["chunk_size"]) * self.bpt
+        self.res.update(chunk_bytes=int(self.ep.lmcache(self.node)["chunk_size"]) * self.bpt)
         self.sample = workload.build_workload(self.o, self.tok, self.kv_tokens, self.seed("sample"))
-        self.res.data["workload"] = {
-            **self.sample.summary(self.bpt),
-            "kv_space_tokens": self.kv_tokens,
-            "block_size": block,
-            "kv_space_ratio": round(self.sample.working_set_tokens / self.kv_tokens, 2),
-        }
+        self.res.update(
+            workload={
+                **self.sample.summary(self.bpt),
+                "kv_space_tokens": self.kv_tokens,
+                "block_size": block,
+                "kv_space_ratio": round(self.sample.working_set_tokens / self.kv_tokens, 2),
+            }
+        )
         self.res.data["machine"]["description"] = (
             f"model {self.vllm['model']} ({self.bpt} B of KV per token), vLLM KV space {self.kv_tokens:,} "
             f"tokens ({self.kv_tokens * self.bpt / MiB:.0f} MiB), node {self.node}"
@@ -162,7 +164,8 @@ class Context:
         """Put the node on *cell* (nothing if it is there); the run restores it at the end."""
         if not self.o.switch or cell == self.current:
             return
-        self.res.data.setdefault("switch_s", []).append(round(switch(self.o, [self.node], cell, self.log), 1))
+        took = round(switch(self.o, [self.node], cell, self.log), 1)
+        self.res.update(switch_s=[*self.res.data.get("switch_s", []), took])
         self.current, self.switched = cell, True
 
     def restore(self) -> None:

@@ -12,6 +12,7 @@ from kvstack.bench import workload
 from kvstack.bench.context import Cell, Context
 from kvstack.bench.options import BenchOptions
 from kvstack.log import progress
+from kvstack.results_schema import TtftProbe
 from kvstack.stats import percentile
 from kvstack.workloads import TokenizerAdapter, long_doc_qa
 
@@ -33,7 +34,7 @@ def _tokens_by_source(deltas: dict[str, dict[str, float]], lmcache: m.Source | N
 
 def ttft_probe(
     vllm: dict[str, Any], lmcache: m.Source | None, tok: TokenizerAdapter, n: int, seed: int
-) -> dict[str, Any]:
+) -> TtftProbe:
     """TTFT of a 4k-token context: cold, as vLLM's own prefix-cache hit, and from the KV-server tier
     (vLLM's cache emptied in between). vLLM's and LMCache's counters per phase say where the tokens
     came from (a KV-server hit must show LMCache L2 hit tokens, not L1)."""
@@ -84,8 +85,7 @@ def probe_here(ctx: Context, label: str) -> None:
         ctx.seed("probe", label),
     )
     ctx.res.data["ttft_probes"][label] = probe
-    ctx.res.data["ttft_probe"] = ctx.res.data["ttft_probe"] or probe
-    ctx.res.save()
+    ctx.res.put("ttft_probe", ctx.res.data["ttft_probe"] or probe)
 
 
 class ProbeStep:

@@ -1,13 +1,7 @@
 """``results/<run id>/``: ``results.json`` rewritten atomically after every step, raw data beside.
 
-The keys of ``results.json`` (what :mod:`kvstack.report` reads), each written by one step:
-
-- ``run_id``, ``started_at``, ``finished_at``, ``interrupted``, ``error``, ``missing`` (notes of
-  what a step could not measure), ``machine``, ``options``, ``plan``: the run;
-- ``workload``, ``chunk_bytes``: the context (:mod:`kvstack.bench.context`);
-- ``runs``, ``switch_s``: the matrix (one entry per profile and load, merged over repeats);
-- ``ttft_probe``, ``ttft_probes``: the TTFT probe; ``kv_datapath``; ``rocksdb``; ``routing``;
-  ``dynamo``; ``targets``.
+Its keys and rows (what :mod:`kvstack.report` reads) are typed in one place,
+:mod:`kvstack.results_schema`: :meth:`Results.put` and :meth:`Results.update` take only its keys.
 """
 
 from __future__ import annotations
@@ -19,6 +13,7 @@ from typing import Any
 
 from kvstack import metrics as m
 from kvstack.measure import safe_name, write_run
+from kvstack.results_schema import ResultsJson, RunEntry, check_key
 from kvstack.stats import SLO, RequestResult, summarize
 
 
@@ -34,7 +29,7 @@ class Results:
         self.run_id = run_id or dt.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
         self.dir = root / self.run_id
         (self.dir / "runs").mkdir(parents=True, exist_ok=False)
-        self.data: dict[str, Any] = {
+        self.data: ResultsJson = {
             "run_id": self.run_id,
             "started_at": now(),
             "finished_at": None,
@@ -50,9 +45,16 @@ class Results:
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         tmp.replace(self.dir / "results.json")
 
+    def update(self, **values: Any) -> None:
+        """Set top-level keys (each one of :data:`kvstack.results_schema.KEYS`, else
+        :class:`~kvstack.results_schema.SchemaError` before anything is set), without saving."""
+        for key in values:
+            check_key(key)
+        self.data.update(values)
+
     def put(self, key: str, value: Any) -> None:
-        """Set one top-level key and save."""
-        self.data[key] = value
+        """Set one top-level key (one of :data:`kvstack.results_schema.KEYS`) and save."""
+        self.update(**{key: value})
         self.save()
 
     def note_missing(self, *notes: str) -> None:
@@ -74,7 +76,7 @@ class Results:
         kinds: dict[str, str],
         counters: dict[str, set[str]],
         slo: SLO,
-    ) -> dict[str, Any]:
+    ) -> RunEntry:
         """Store one measured run and update the (profile, load) entry merged over repeats."""
         stem = f"{safe_name(profile)}__{safe_name(load)}__r{repeat}"
         rep = {
@@ -89,7 +91,7 @@ class Results:
         reps.append(rep)
         all_records = [r for x in reps for r in x["records"]]
         merged = m.merge([x["deltas"] for x in reps], counters)
-        entry = {
+        entry: RunEntry = {
             "profile": profile,
             "load": load,
             "repeats": [{k: v for k, v in x.items() if k not in ("deltas", "records")} for x in reps],

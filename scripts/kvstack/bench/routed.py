@@ -11,6 +11,7 @@ from kvstack import dynamo_bench, loadgen, routing
 from kvstack.bench import workload
 from kvstack.bench.context import Context
 from kvstack.bench.options import BenchOptions, Load
+from kvstack.results_schema import Dynamo, Routing
 
 
 class RoutedStep:
@@ -18,7 +19,7 @@ class RoutedStep:
 
     optional = True
 
-    def __init__(self, key: str, runner: Callable[..., dict[str, Any]], with_api_key: bool):
+    def __init__(self, key: str, runner: Callable[..., Routing | Dynamo], with_api_key: bool):
         self.name = self.key = key
         self.runner, self.with_api_key = runner, with_api_key
 

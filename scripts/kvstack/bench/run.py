@@ -49,10 +49,10 @@ def run_bench(o: BenchOptions) -> Path:
                     step.run(ctx)
             else:
                 step.run(ctx)
-        ctx.res.data["interrupted"] = False
+        ctx.res.update(interrupted=False)
     except BaseException as e:
-        ctx.res.data["error"] = brief(e)
-        ctx.res.data["missing"].append(f"run stopped early: {brief(e)}")
+        ctx.res.update(error=brief(e))
+        ctx.res.note_missing(f"run stopped early: {brief(e)}")
         raise
     finally:
         finish(ctx)
@@ -63,8 +63,9 @@ def finish(ctx: Context) -> None:
     """Targets, ``finished_at``, the report and the inventory's configuration back; each part
     goes on when an earlier one failed."""
     res = ctx.res
-    res.data["targets"] = targets(res.data, res.data.get("workload", {}).get("kv_space_ratio"))
-    res.data["finished_at"] = now()
+    res.update(
+        targets=targets(res.data, res.data.get("workload", {}).get("kv_space_ratio")), finished_at=now()
+    )
     res.save()
     try:
         report.write_report(res.dir)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from kvstack import report, routing
 from kvstack.bench.probe import PROBE_TOKENS
+from kvstack.results_schema import ResultsJson, RunEntry, Target
 from kvstack_node import datapath
 
 TARGETS = {"throughput_x": 3.0, "kv_vs_local_hit_x": 1.25, "cold_vs_kv_x": 5.0, "l2_vs_raw": 0.70}
 
 
-def targets(results: dict[str, Any], ws_ratio: float | None) -> list[dict[str, Any]]:
+def targets(results: ResultsJson, ws_ratio: float | None) -> list[Target]:
     """The issue's targets from what this run measured (value None where not measured)."""
-    out = []
+    out: list[Target] = []
     runs = report.run_index(results)
     for load in report.loads_of(results):
         base = _tps(runs.get(("none", load)))
@@ -90,5 +89,5 @@ def targets(results: dict[str, Any], ws_ratio: float | None) -> list[dict[str, A
     return out
 
 
-def _tps(run_: dict[str, Any] | None) -> float | None:
+def _tps(run_: RunEntry | None) -> float | None:
     return ((run_ or {}).get("summary") or {}).get("total_tokens_per_s")
