@@ -30,6 +30,17 @@ CASES = [
     ("empty served model name", {"vllm_served_model_name": ""}, "vllm_served_model_name must not be empty"),
     ("arm64 serving node", {"gpu_scenario_host_facts": {"gpu-node01": {"architecture": "aarch64"}}},
      "for CUDA on x86_64 only"),
+    # One check per variable in every role: the wrong variable is named first, with its value.
+    ("KV port that is SSH's", {"kv_port": 22},
+     "kvrocks_port (kv_port) must be a port 1-65535 other than SSH's (22), got 22"),
+    ("SSD tier mount point not absolute", {"nvme_mount_point": "srv/nvme"},
+     "nvme_mount_point must be an absolute path, got 'srv/nvme'"),
+    ("janitor's low mark above its high mark", {"kv_janitor_low": 0.95},
+     "kv_janitor_low must be > 0 and below kv_janitor_high (0.9), got 0.95"),
+    ("unknown fabric manager setting", {"nvidia_driver_fabric_manager": "maybe"},
+     "nvidia_driver_fabric_manager must be auto, true or false, got 'maybe'"),
+    ("SSH source that is not a CIDR", {"firewall_ssh_sources": ["the office"]},
+     "firewall_ssh_sources must be CIDRs (like 10.77.0.0/24), got ['the office']"),
 ]  # fmt: skip
 
 
@@ -74,4 +85,30 @@ def test_preflight_names_each_wrong_variable_and_only_it(tmp_path):
         "lmcache_http_port must be a port 1-65535 other than lmcache_port (5555) and SSH's (22)"
         in r.failure()
     )
+    assert not r.root.exists()
+
+
+def test_converted_roles_name_the_wrong_variable_and_only_it(tmp_path):
+    """One check per variable in the other roles too (here roles/nvme on the GPU node and
+    roles/router on the front node): a wrong value is named as itself with its value, not in one
+    message about every setting checked beside it; two wrong values are both named."""
+    for d in "ab":
+        (tmp_path / d).mkdir()
+    r = render(tmp_path / "a", limit="gpu-node01", nvme_fs_label="a-label-too-long")
+    assert r.returncode != 0
+    failure = r.failure()
+    assert (
+        "nvme_fs_label must be 1-12 characters for xfs or 1-16 for ext4 (nvme_fstype xfs), "
+        "got 'a-label-too-long'" in failure
+    ), failure
+    assert "nvme_mount_by" not in failure and "nvme_mount_point" not in failure
+    r = render(tmp_path / "b", limit="front01", router_cb_timeout_s=0, router_prometheus_port=22)
+    assert r.returncode != 0
+    failure = r.failure()
+    assert "router_cb_timeout_s must be >= 1 second, got 0" in failure, failure
+    assert (
+        "router_prometheus_port must be a port 1-65535 other than router_port (8100) and SSH's (22), got 22"
+        in failure
+    )
+    assert "router_health" not in failure
     assert not r.root.exists()

@@ -85,7 +85,10 @@ def shown(document: dict, name: str):
 
 
 def failure(document: dict) -> str:
-    return " ".join(str(r.get("msg", "")) for r in results(document) if r.get("failed"))
+    """The messages of the failed tasks, and of each failed item of a looping check."""
+    failed = [r for r in results(document) if r.get("failed")]
+    items = [i for r in failed for i in r.get("results", []) if i.get("failed")]
+    return " ".join(str(r.get("msg", "")) for r in failed + items)
 
 
 def rendered(tmp_path: Path, role: str, tasks_from: str, name: str, **variables):
