@@ -20,7 +20,7 @@ def kv(hostvars, expected):
         "kind": kind,
         "role": role,
         "service": expected(role, f"{role}_service") if kind == "redis" else "kvrocks",
-        "port": int(hostvars.get("kv_port", 6379 if kind == "redis" else 6666)),
+        "port": int(hostvars.get("kv_port", 6666)),  # kvstack_defaults' kv_port
         "password": hostvars["kv_password"],
         "data_dir": hostvars.get("kv_data_dir") or expected(role, f"{role}_data_dir"),
         "config": expected(role, f"{role}_config_file"),

@@ -16,7 +16,7 @@ import time
 import uuid
 
 import pytest
-from addresses import access_address
+from addresses import access_address, kv_access
 
 testinfra_hosts = ["ansible://serving"]
 
@@ -128,11 +128,11 @@ def test_lmcache_holds_kv_server_connections(host, serving, hostvars, inv, resp,
     timer = host.service("lmcache-kv-watchdog.timer")
     watchdog = client == "resp" and hostvars.get("lmcache_kv_watchdog_enabled", True)
     assert timer.is_running == bool(watchdog), client
-    kv_host = access_address(next(iter(inv.hosts("kv").values())))
+    kv_host, kv_port = kv_access(inv)
     text = "\n".join(
         resp(
             kv_host,
-            int(hostvars.get("kv_port", 6379)),
+            kv_port,
             hostvars["kv_password"],
             "AUTH|@PASSWORD",
             "CLIENT|ID",
@@ -245,10 +245,8 @@ def test_prefix_computed_on_another_node_is_a_hit_here(host, serving, hostvars, 
 def _kv_bytes_in(resp, hostvars, inv) -> int:
     """Bytes the KV server has received (INFO stats, Redis and Kvrocks alike), asked from this
     node (the real client) over RESP."""
-    kv_host = access_address(next(iter(inv.hosts("kv").values())))
-    replies = resp(
-        kv_host, int(hostvars.get("kv_port", 6379)), hostvars["kv_password"], "AUTH|@PASSWORD", "INFO|stats"
-    )
+    kv_host, kv_port = kv_access(inv)
+    replies = resp(kv_host, kv_port, hostvars["kv_password"], "AUTH|@PASSWORD", "INFO|stats")
     assert replies[0] == "+OK", replies
     found = re.search(r"total_net_input_bytes:(\d+)", replies[1])
     assert found, replies[1][:500]
