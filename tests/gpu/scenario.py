@@ -145,10 +145,10 @@ def exec_start(unit_text: str) -> list[str]:
 
 def lmcache_server_args(unit_text: str) -> list[str]:
     """What ``lmcache server`` gets from lmcache.service (the unit runs it through the launcher:
-    ``python lmcache_launch.py server ARGS``)."""
+    ``python -m kvstack_node.lmcache_launch server ARGS``)."""
     argv = exec_start(unit_text)
-    assert argv[1].endswith("/lmcache_launch.py") and argv[2] == "server", argv[:3]
-    return argv[3:]
+    assert argv[1:4] == ["-m", "kvstack_node.lmcache_launch", "server"], argv[:4]
+    return argv[4:]
 
 
 TP_SCENARIO = {

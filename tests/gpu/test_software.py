@@ -2,9 +2,9 @@
 (vLLM 0.32.0 and LMCache 0.5.6 are installed there; the CPU build of vLLM shares the CUDA wheel's
 Python code, argument parser included).
 
-- vLLM's parser (``kvstack/vllm_args.py``: ``make_arg_parser`` + ``validate_parsed_serve_args``)
+- vLLM's parser (``kvstack_node.vllm_args``: ``make_arg_parser`` + ``validate_parsed_serve_args``)
   accepts every CUDA instance's argv;
-- LMCache's parser (``kvstack/lmcache_args.py``: ``ServerCommand`` and the config builders) accepts
+- LMCache's parser (``kvstack_node.lmcache_args``: ``ServerCommand`` and the config builders) accepts
   the CUDA node's ``lmcache server`` argv, and LMCache's device registry says which transfer mode a
   CUDA vLLM's connector picks (``auto`` resolves to the device's ``default_mp_transfer_mode``): the
   server must register that mode, or each instance's KV-cache registration waits 300 s and fails.

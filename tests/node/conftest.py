@@ -51,12 +51,15 @@ def hostvars(host, request) -> dict:
 
 @pytest.fixture(scope="module")
 def expected(hostvars):
-    """expected(role, name): the inventory's value of a role variable, else the role default."""
+    """expected(role, name): the inventory's value of a role variable, else the role default, else
+    the shared default (roles/kvstack_defaults owns the settings several roles read: ports,
+    vllm_instances)."""
 
     def get(role: str, name: str):
         if name in hostvars:
             return hostvars[name]
-        return _role_defaults(role)[name]
+        defaults = _role_defaults(role)
+        return defaults[name] if name in defaults else _role_defaults("kvstack_defaults")[name]
 
     return get
 

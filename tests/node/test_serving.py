@@ -159,7 +159,7 @@ def test_lmcache_keeps_the_kv_password_off_its_command_line_and_config(host, ser
     assert password in host.check_output("cat /etc/lmcache/lmcache.env")
     assert password not in host.file("/etc/systemd/system/lmcache.service").content_string
     cmdlines = host.check_output("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '")
-    assert "lmcache_launch.py server" in cmdlines or hostvars.get("lmcache_kv_client") == "resp"
+    assert "-m kvstack_node.lmcache_launch server" in cmdlines or hostvars.get("lmcache_kv_client") == "resp"
     assert password not in cmdlines
     port = str(hostvars.get("lmcache_http_port", 8080))
     config = host.check_output("curl -sf http://127.0.0.1:%s/config", port)

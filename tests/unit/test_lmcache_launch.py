@@ -1,4 +1,4 @@
-"""The LMCache unit's launcher (scripts/kvstack/lmcache_launch.py) on command lines as roles/lmcache
+"""The LMCache unit's launcher (kvstack_node.lmcache_launch) on command lines as roles/lmcache
 renders them: credentials go into valkey adapters only, in the order LMCache hands them on, never
 twice; the KV servers it waits for; GET /config's masking; the wait on a real socket. The node
 checks (tests/node/test_serving.py) see the result on a running LMCache."""
