@@ -44,6 +44,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also install NVIDIA Dynamo on the lab, check and bench it (test_dynamo_lab.py; +20 min)",
     )
     group.addoption(
+        "--profiles",
+        action="store_true",
+        help="also switch a serving node through all four tier profiles (test_serving_profiles.py; +8 min)",
+    )
+    group.addoption(
         "--pinned-set",
         action="store_true",
         help="also let pip resolve vLLM's whole CUDA set for each Python (tests/gpu; downloads ~8 GB)",
