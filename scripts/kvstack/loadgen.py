@@ -1,9 +1,11 @@
 """Async streaming load generator for vLLM's OpenAI-compatible ``/v1/completions``.
 
-Each request streams (``stream: true`` with ``stream_options.include_usage``), greedy
-(``temperature: 0``) and exactly ``max_tokens`` long (``ignore_eos: true``); the client stamps the
-arrival of every chunk that carries a choice, like vLLM's own benchmark client, into a
-:class:`kvstack.stats.RequestResult`, and takes the token counts from the final usage chunk.
+Each request streams (``stream: true`` with ``stream_options.include_usage`` and
+``continuous_usage_stats``), greedy (``temperature: 0``) and exactly ``max_tokens`` long
+(``ignore_eos: true``); the client stamps the arrival of every chunk that carries a choice, like
+vLLM's own benchmark client, into a :class:`kvstack.stats.RequestResult`, with the tokens each chunk
+carried (the growth of its running usage count), and takes the token counts from the final usage
+chunk. Definitions of what is computed from them: :mod:`kvstack.stats`.
 
 Two ways to offer load, both over :class:`kvstack.workloads.Conversation`:
 
@@ -21,7 +23,8 @@ Two ways to offer load, both over :class:`kvstack.workloads.Conversation`:
 A run is bounded by ``max_requests`` (requests sent) and ``max_seconds`` (no request starts
 later); a request in flight at the deadline may finish within ``request_timeout_s``. Failures (HTTP
 errors, error events in the stream, timeouts, connection errors) become records with ``error`` set,
-never exceptions; a conversation stops at its first failed turn, since its history is incomplete.
+never exceptions; a conversation stops at its first failed turn, since its history is incomplete,
+and the turns it did not send are counted (``turns_unsent``) so no denominator loses them.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class LoadConfig:
             "temperature": 0,
             "ignore_eos": True,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             **self.extra_body,
         }
 
@@ -118,6 +121,8 @@ class RunResult:
     stopped_by: str
     conversations_started: int
     conversations_aborted: int
+    #: turns of aborted conversations that were never sent
+    turns_unsent: int = 0
 
     def meta(self) -> dict[str, Any]:
         """JSON-ready description of the run without its records (those go to JSONL)."""
@@ -129,6 +134,7 @@ class RunResult:
             "failed": sum(1 for r in self.records if not r.ok),
             "conversations_started": self.conversations_started,
             "conversations_aborted": self.conversations_aborted,
+            "turns_unsent": self.turns_unsent,
         }
 
 
@@ -200,6 +206,7 @@ async def send_request(
 async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestResult, text: list[str]) -> None:
     """Fill *rec* and *text* from a completions event stream; sets ``rec.error`` on a bad stream."""
     done = False
+    counted = 0  # the running completion-token count of the per-chunk usage
     async with contextlib.aclosing(_sse_events(resp)) as events:
         async for t, data in events:
             if data.strip() == "[DONE]":
@@ -210,12 +217,17 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestResult, text: l
                 err = msg["error"]
                 rec.error = f"stream error: {err.get('message', err) if isinstance(err, dict) else err}"
                 return
+            usage = msg.get("usage")
             if msg.get("choices"):
                 if rec.first_token_time is None:
                     rec.first_token_time = t
                 rec.token_times.append(t)
                 text.append(msg["choices"][0].get("text") or "")
-            if usage := msg.get("usage"):
+                if usage:
+                    n = int(usage.get("completion_tokens") or 0)
+                    rec.chunk_tokens.append(n - counted)
+                    counted = n
+            if usage:
                 rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
                 rec.output_tokens = int(usage.get("completion_tokens") or 0)
     if not done:
@@ -235,6 +247,7 @@ class _Runner:
         self.sent = 0
         self.started = 0
         self.aborted = 0
+        self.unsent = 0
         self.stopped_by = "workload done"
         planned = sum(len(c.turns) for c in conversations)
         self.planned = min(planned, cfg.max_requests) if cfg.max_requests is not None else planned
@@ -279,6 +292,7 @@ class _Runner:
         if not rec.ok:
             if i + 1 < len(conv.turns):
                 self.aborted += 1
+                self.unsent += len(conv.turns) - i - 1
             return False
         answers.append(text)
         return True
@@ -377,6 +391,7 @@ async def run_load(
         stopped_by=runner.stopped_by,
         conversations_started=runner.started,
         conversations_aborted=runner.aborted,
+        turns_unsent=runner.unsent,
     )
 
 

@@ -86,5 +86,7 @@ def config_run(
         conversations, lc, sources, loadgen.log_progress(f"{kind} {label}", every=max(10, len(conversations)))
     )
     name = write_run(out_dir, f"{kind}__{safe_name(label)}", mr.out.records, mr.deltas)
-    summary = summarize(mr.out.records, slo=slo, wall_time_s=mr.out.wall_time_s).to_dict()
+    summary = summarize(
+        mr.out.records, slo=slo, wall_time_s=mr.out.wall_time_s, unsent=mr.out.turns_unsent
+    ).to_dict()
     return ConfigRun(summary, mr.deltas, mr.errors, f"runs/{name}")

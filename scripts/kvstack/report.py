@@ -20,7 +20,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from kvstack import REPO
+from kvstack import REPO, intervals
 from kvstack import results_schema as schema
 from kvstack.measure import safe_name
 from kvstack.results_schema import ResultsJson, RunEntry, Target
@@ -103,25 +103,32 @@ def missing_parts(results: ResultsJson) -> list[str]:
 
 
 def evaluate_target(t: Target) -> dict[str, Any]:
-    """A target row: ``status`` met / missed / not measured and by how much, relative to the target."""
+    """A target row: ``status`` from :func:`kvstack.intervals.verdict` (met only when the interval
+    clears the line in a run without failures), the interval as text, and how far the point value
+    is from the target (positive: margin, negative: shortfall)."""
     value, target, op, unit = t.get("value"), float(t["target"]), t.get("op", ">="), t.get("unit", "")
     if op not in (">=", "<="):
         raise ValueError(f"target {t.get('name')}: op must be >= or <=, got {op}")
-    row = {**t, "op": op, "target_text": f"{op} {target:g}{unit}", "value_text": "-"}
+    lo, hi, failures = t.get("lo"), t.get("hi"), int(t.get("failures", 0))
+    status = intervals.verdict(value, lo, hi, op, target, failures)
+    row = {
+        **t,
+        "op": op,
+        "target_text": f"{op} {target:g}{unit}",
+        "value_text": "-",
+        "interval_text": "-" if lo is None or hi is None else f"{lo:.3g}-{hi:.3g}{unit}",
+        "status": status + (f" ({failures})" if failures and value is not None else ""),
+    }
     if value is None:
-        return {**row, "status": "not measured", "by": None, "by_text": "-"}
+        return {**row, "by": None, "by_text": "-"}
     value = float(value)
-    met = value >= target if op == ">=" else value <= target
     rel = value / target - 1 if target else math.inf
-    # how far from the target, in the direction that matters: positive = margin, negative = shortfall
     by = rel if op == ">=" else -rel
-    word = "margin" if met else "short by"
     return {
         **row,
         "value_text": f"{value:.3g}{unit}",
-        "status": "met" if met else "missed",
         "by": by,
-        "by_text": f"{word} {abs(by) * 100:.0f}%",
+        "by_text": f"{'margin' if by >= 0 else 'short by'} {abs(by) * 100:.0f}%",
     }
 
 
@@ -142,6 +149,7 @@ def _throughput_rows(results: ResultsJson) -> list[list[str]]:
                     load,
                     str(s["completed"]),
                     str(s["failed"]),
+                    str(s.get("unsent", 0)),
                     fmt(s["input_tokens_per_s"]),
                     fmt(s["output_tokens_per_s"]),
                     fmt(s["total_tokens_per_s"]),
@@ -151,6 +159,17 @@ def _throughput_rows(results: ResultsJson) -> list[list[str]]:
                 ]
             )
     return rows
+
+
+def _itl_basis(s: Mapping[str, Any]) -> str:
+    """How the run's ITL was counted: per token or per chunk, and the share of socket reads that
+    carried more than one token."""
+    share = s.get("itl_multi_token_share")
+    return (
+        f"{s.get('itl_per', 'chunk')}, {_pct(share)} multi"
+        if share is not None
+        else s.get("itl_per", "chunk")
+    )
 
 
 def _latency_rows(results: ResultsJson) -> list[list[str]]:
@@ -164,8 +183,9 @@ def _latency_rows(results: ResultsJson) -> list[list[str]]:
             s = r["summary"]
             cells = [f"`{p}`", load]
             cells += [fmt(_ms(s["ttft"][q])) for q in PERCENTILES]
+            cells += [fmt(_ms(_get(s, "tpot", q))) for q in PERCENTILES]
             cells += [fmt(_ms(s["itl"][q])) for q in PERCENTILES]
-            cells += [fmt(s["e2e"][q], 2) for q in PERCENTILES]
+            cells += [_itl_basis(s), *(fmt(s["e2e"][q], 2) for q in PERCENTILES)]
             rows.append(cells)
     return rows
 
@@ -310,9 +330,10 @@ def _config_tables(runs: Sequence[Mapping[str, Any]], per: str) -> tuple[list[li
     for r in runs:
         s = r["summary"]
         summary.append(
-            [r["config"], str(s["requests"]), str(s["failed"]), fmt(s["total_tokens_per_s"], 0)]
+            [r["config"], str(s["requests"]), str(s["failed"] + s.get("unsent", 0))]
+            + [fmt(s["total_tokens_per_s"], 0)]
             + [fmt(_ms(s["ttft"][q]), 0) for q in PERCENTILES]
-            + [fmt(_ms(s["itl"]["p50"]), 1), fmt(s["e2e"]["p95"], 2)]
+            + [fmt(_ms(_get(s, "tpot", "p50")), 1), fmt(s["e2e"]["p95"], 2)]
         )
         for node, d in r[per].items():
             nodes.append(

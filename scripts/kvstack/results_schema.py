@@ -128,7 +128,6 @@ class RoutingTarget(TypedDict):
     target: str
     measured: float | None
     hit_rate_higher_on: dict[str, bool]
-    met: bool
 
 
 class Routing(TypedDict):
@@ -170,7 +169,10 @@ class Dynamo(TypedDict):
 
 
 class Target(TypedDict):
-    """``targets[]`` (:func:`kvstack.bench.targets.targets`): value None where not measured."""
+    """``targets[]`` (:func:`kvstack.bench.targets.targets`): value None where not measured; the
+    confidence interval (``lo``..``hi`` at ``conf``, from ``samples`` values per side) where the
+    samples allow one; ``failures``: failed requests, unsent turns and wrong probe phases behind
+    it. :func:`kvstack.intervals.verdict` makes the call."""
 
     name: str
     value: float | None
@@ -178,6 +180,11 @@ class Target(TypedDict):
     op: NotRequired[Literal[">=", "<="]]
     unit: NotRequired[str]
     detail: NotRequired[str]
+    lo: NotRequired[float]
+    hi: NotRequired[float]
+    conf: NotRequired[float]
+    samples: NotRequired[list[int]]
+    failures: NotRequired[int]
 
 
 class Workload(TypedDict):

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -90,19 +91,38 @@ def connection(ep: Endpoints, node: str) -> Any:
     return Connection(n["ssh_host"], user=n["ssh_user"], port=int(n["ssh_port"]), connect_kwargs=kwargs)
 
 
-def post(url: str, headers: dict[str, str] | None = None, timeout: float = 30.0) -> int:
-    """POST with an empty body; returns the HTTP status (errors included)."""
+def post(url: str, headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, str]:
+    """POST with an empty body; returns the HTTP status (errors included) and the body's text."""
     req = urllib.request.Request(url, data=b"", method="POST", headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status
+            return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, e.read().decode(errors="replace")
 
 
-def reset_prefix_cache(vllm: dict[str, Any]) -> bool:
-    """Empty vLLM's own prefix cache (a dev-mode endpoint; LMCache's tiers are left alone)."""
-    return post(vllm["url"] + "/reset_prefix_cache", auth_headers(vllm)) == 200
+def reset_succeeded(status: int, body: str) -> bool:
+    """Whether vLLM's answer to ``POST /reset_prefix_cache`` says the cache was emptied: 200, and
+    not a JSON body with ``"success": false`` (vLLM's answer while requests still hold blocks)."""
+    if status != 200:
+        return False
+    try:
+        doc = json.loads(body) if body.strip() else None
+    except ValueError:
+        return True
+    return not (isinstance(doc, dict) and doc.get("success") is False)
+
+
+def reset_prefix_cache(vllm: dict[str, Any], attempts: int = 10, wait_s: float = 0.5) -> bool:
+    """Empty vLLM's own prefix cache (a dev-mode endpoint; LMCache's tiers are left alone). A reset
+    refused while requests hold blocks is retried *attempts* times, *wait_s* apart; True only when
+    vLLM said it emptied the cache (:func:`reset_succeeded`)."""
+    for i in range(attempts):
+        if reset_succeeded(*post(vllm["url"] + "/reset_prefix_cache", auth_headers(vllm))):
+            return True
+        if i + 1 < attempts:
+            time.sleep(wait_s)
+    return False
 
 
 def complete(

@@ -1,23 +1,35 @@
 """Per-request benchmark records and their summary: latency percentiles, throughput, goodput.
 
 A :class:`RequestResult` holds what a streaming client saw for one request, as timestamps from one
-monotonic clock (``time.perf_counter()``); only differences are used. :func:`summarize` turns a
-run's records into a :class:`Summary`:
+monotonic clock (``time.perf_counter()``); only differences are used. The definitions follow
+vLLM's benchmark client and AIPerf, so their numbers can be set side by side:
 
-- latencies, over successful requests only: TTFT (first token - start), E2E (end - start) and ITL
-  (gaps between consecutive token arrivals, pooled over all tokens of all requests);
-- throughput over the run's wall time (first start to last end of any record, or given): input and
-  output tokens/s and requests/s, counting successful requests;
-- goodput under an :class:`SLO`: requests that succeeded with TTFT <= ``ttft_s`` and a mean ITL
-  <= ``itl_s``, as a fraction of all requests (failed ones count as missing the SLO) and as a rate;
-- the failed-request count.
+- TTFT: first token's arrival - request start;
+- E2E: last token's arrival - request start (not the end of the HTTP exchange);
+- TPOT (per request): (last token - first token) / (output tokens - 1), the output tokens counted
+  by the server (the usage chunk), not by chunks; AIPerf calls this per-request figure ITL;
+- ITL (pooled over the tokens of all requests): the client stamps each socket read, and a read can
+  carry several tokens (several stream events, or one event with several tokens). Each gap between
+  two reads is spread evenly over the tokens the later read carried, so there is one sample per
+  token after the first read and the samples of a request add up to its last - first token time.
+  The tokens per event come from vLLM's per-chunk usage (``continuous_usage_stats``): with it the
+  ITL is *per token*; without it each event counts as one token and the ITL is *per chunk*. The
+  share of reads that carried more than one token is reported beside it
+  (``itl_multi_token_share``): near 0 the per-token figure is what the stream showed; near 1 the
+  stream was too bursty for a per-token view and TPOT is the figure to read.
+
+:func:`summarize` turns a run's records into a :class:`Summary`: those latencies over successful
+requests; throughput over the run's wall time (first start to last end, or given): input and
+output tokens/s and requests/s of successful requests; the failed requests and the turns never sent
+because an earlier turn of their conversation failed (``unsent``); goodput under an :class:`SLO`
+(TTFT and TPOT limits) as a fraction of every planned turn (failed and unsent ones miss it) and as
+a rate.
 
 Percentiles interpolate linearly between order statistics, like ``numpy.percentile``'s default.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -30,10 +42,11 @@ from typing import Any
 class RequestResult:
     """One request as the client saw it; times are seconds on one monotonic clock.
 
-    ``token_times`` holds the arrival time of each streamed token chunk, the first one included
-    (so ``token_times[0] == first_token_time`` when both are set). ``output_tokens`` is the server's
-    count (the usage chunk), which can exceed ``len(token_times)`` when a chunk carries several
-    tokens. ``error`` is None for a success; a failed request keeps what it measured before failing.
+    ``token_times`` holds the arrival time of each streamed event that carried a choice, the first
+    one included (``token_times[0] == first_token_time``); events parsed from one socket read share
+    its time. ``chunk_tokens[i]`` is how many tokens event *i* carried (from the server's per-chunk
+    usage; empty when the server did not send it). ``output_tokens`` is the server's count (the final
+    usage chunk). ``error`` is None for a success; a failed request keeps what it measured.
     """
 
     start: float
@@ -45,6 +58,7 @@ class RequestResult:
     error: str | None = None
     conversation: str = ""
     turn: int = 0
+    chunk_tokens: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -58,20 +72,58 @@ class RequestResult:
 
     @property
     def e2e(self) -> float | None:
-        """End-to-end latency in seconds, or None if the request never ended."""
+        """Start to the last token's arrival in seconds (to the end, when no token arrived), or None
+        if the request never ended."""
+        if self.token_times:
+            return self.token_times[-1] - self.start
         return None if self.end is None else self.end - self.start
 
     @property
-    def itls(self) -> list[float]:
-        """Gaps between consecutive token arrivals, in seconds."""
-        t = self.token_times
-        return [b - a for a, b in itertools.pairwise(t)]
+    def per_token(self) -> bool:
+        """True when every event's token count is known (per-chunk usage)."""
+        return bool(self.token_times) and len(self.chunk_tokens) == len(self.token_times)
+
+    def reads(self) -> list[tuple[float, int]]:
+        """``(arrival time, tokens)`` per socket read that carried events (events of one read share
+        its time); one token per event when the per-event counts are unknown."""
+        counts = self.chunk_tokens if self.per_token else [1] * len(self.token_times)
+        out: list[tuple[float, int]] = []
+        for t, k in zip(self.token_times, counts, strict=True):
+            if out and out[-1][0] == t:
+                out[-1] = (t, out[-1][1] + k)
+            else:
+                out.append((t, k))
+        return out
 
     @property
-    def mean_itl(self) -> float:
-        """Mean inter-token latency of this request (0.0 with fewer than two token arrivals)."""
-        t = self.token_times
-        return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else 0.0
+    def itls(self) -> list[float]:
+        """Inter-token latencies in seconds: each gap between reads spread evenly over the tokens
+        the later read carried (reads without tokens do not end a gap)."""
+        rd = self.reads()
+        if not rd:
+            return []
+        out: list[float] = []
+        prev = rd[0][0]
+        for t, k in rd[1:]:
+            if k > 0:
+                out += [(t - prev) / k] * k
+                prev = t
+        return out
+
+    @property
+    def multi_token_reads(self) -> tuple[int, int]:
+        """``(reads after the first that carried more than one token, reads after the first with
+        tokens)``."""
+        ks = [k for _, k in self.reads()[1:] if k > 0]
+        return sum(1 for k in ks if k > 1), len(ks)
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first: (last - first token) / (output tokens - 1), with
+        the server's token count; None with fewer than two tokens."""
+        if self.first_token_time is None or not self.token_times or self.output_tokens < 2:
+            return None
+        return (self.token_times[-1] - self.first_token_time) / (self.output_tokens - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (one JSONL line of a run's raw data)."""
@@ -79,7 +131,7 @@ class RequestResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RequestResult:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (records written before ``chunk_tokens`` load too)."""
         return cls(**d)
 
 
@@ -127,18 +179,19 @@ class Dist:
 
 @dataclass(frozen=True)
 class SLO:
-    """A service-level objective for goodput: TTFT and mean ITL limits in seconds (None: no limit)."""
+    """A service-level objective for goodput: TTFT and TPOT limits in seconds (None: no limit)."""
 
     ttft_s: float | None = None
-    itl_s: float | None = None
+    tpot_s: float | None = None
 
     def met(self, r: RequestResult) -> bool:
-        """True when *r* succeeded within both limits."""
+        """True when *r* succeeded within both limits (a single-token answer has no TPOT to miss)."""
         if not r.ok:
             return False
         if self.ttft_s is not None and (r.ttft is None or r.ttft > self.ttft_s):
             return False
-        return not (self.itl_s is not None and r.mean_itl > self.itl_s)
+        tpot = r.tpot
+        return not (self.tpot_s is not None and tpot is not None and tpot > self.tpot_s)
 
 
 @dataclass(frozen=True)
@@ -148,6 +201,8 @@ class Summary:
     requests: int
     completed: int
     failed: int
+    #: turns never sent because an earlier turn of their conversation failed
+    unsent: int
     wall_time_s: float
     input_tokens: int
     output_tokens: int
@@ -155,7 +210,12 @@ class Summary:
     output_tokens_per_s: float
     requests_per_s: float
     ttft: Dist
+    tpot: Dist
     itl: Dist
+    #: "token" (per-chunk usage known for every request) or "chunk"
+    itl_per: str
+    #: share of reads after the first that carried more than one token (None: no such reads)
+    itl_multi_token_share: float | None
     e2e: Dist
     slo: SLO
     good: int
@@ -166,6 +226,11 @@ class Summary:
     def total_tokens_per_s(self) -> float:
         """Input plus output tokens per second."""
         return self.input_tokens_per_s + self.output_tokens_per_s
+
+    @property
+    def clean(self) -> bool:
+        """True when no request failed and no turn went unsent (a target may use the run)."""
+        return self.failed == 0 and self.unsent == 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict (the report reads this shape)."""
@@ -182,16 +247,31 @@ def wall_time(records: Sequence[RequestResult]) -> float:
     return max(ends) - min(r.start for r in records)
 
 
+def _itl_view(ok: Sequence[RequestResult]) -> tuple[str, float | None]:
+    """``(itl_per, itl_multi_token_share)`` of the successful requests."""
+    per = "token" if ok and all(r.per_token for r in ok) else "chunk"
+    multi = [r.multi_token_reads for r in ok]
+    reads = sum(n for _, n in multi)
+    return per, (sum(m for m, _ in multi) / reads if reads else None)
+
+
 def summarize(
-    records: Sequence[RequestResult], *, slo: SLO | None = None, wall_time_s: float | None = None
+    records: Sequence[RequestResult],
+    *,
+    slo: SLO | None = None,
+    wall_time_s: float | None = None,
+    unsent: int = 0,
 ) -> Summary:
-    """Summarize a run's *records*; *wall_time_s* defaults to :func:`wall_time` of the records."""
+    """Summarize a run's *records*; *wall_time_s* defaults to :func:`wall_time` of the records;
+    *unsent* is the run's turns never sent after a failed turn (they count against goodput)."""
     slo = slo or SLO()
     ok = [r for r in records if r.ok]
     wall = wall_time(records) if wall_time_s is None else wall_time_s
     n_in = sum(r.prompt_tokens for r in ok)
     n_out = sum(r.output_tokens for r in ok)
     good = sum(1 for r in records if slo.met(r))
+    planned = len(records) + unsent
+    itl_per, multi = _itl_view(ok)
 
     def rate(x: float) -> float:
         return x / wall if wall > 0 else 0.0
@@ -200,6 +280,7 @@ def summarize(
         requests=len(records),
         completed=len(ok),
         failed=len(records) - len(ok),
+        unsent=unsent,
         wall_time_s=wall,
         input_tokens=n_in,
         output_tokens=n_out,
@@ -207,11 +288,14 @@ def summarize(
         output_tokens_per_s=rate(n_out),
         requests_per_s=rate(len(ok)),
         ttft=Dist.of(r.ttft for r in ok if r.ttft is not None),
+        tpot=Dist.of(t for r in ok if (t := r.tpot) is not None),
         itl=Dist.of(x for r in ok for x in r.itls),
+        itl_per=itl_per,
+        itl_multi_token_share=multi,
         e2e=Dist.of(r.e2e for r in ok if r.e2e is not None),
         slo=slo,
         good=good,
-        goodput_fraction=good / len(records) if records else 0.0,
+        goodput_fraction=good / planned if planned else 0.0,
         goodput_per_s=rate(good),
     )
 

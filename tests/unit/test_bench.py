@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kvstack import bench, loadgen, stack
+from kvstack import bench, loadgen, report, stack
 from kvstack import results_schema as schema
 from kvstack.bench import BenchError, BenchOptions, Cell, Load
 from kvstack.bench import context as bench_context
 from kvstack.bench import options as bench_options
+from kvstack.bench import probe as bench_probe
 from kvstack.bench import workload as bench_workload
 from kvstack.stats import SLO, RequestResult
 
@@ -138,15 +139,70 @@ def test_repeats_merge_into_one_entry(tmp_path):
         bench.Results(tmp_path, "run1")  # a run never overwrites another's results
 
 
-def test_targets_hand_computed():
+def _steady(path: Path, tokens: int, n: int = 40, span: float = 10.0) -> None:
+    """*n* requests of *tokens* tokens each, ending evenly over *span* s: 4 per 1-s window."""
+    recs = []
+    for i in range(n):
+        end = (i + 0.5) * span / n
+        recs.append(RequestResult(end - 0.2, end, end - 0.1, [end - 0.1, end], tokens - 2, 2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
+
+
+def _probe(n: int = 3, **phases: list[float]) -> dict:
+    """A probe of *n* 4096-token contexts whose phases came from where they claim."""
+    tok = n * 4000
+    return {
+        "prompt_tokens": 4096,
+        "n": n,
+        "failed": 0,
+        "ttft_s": {
+            "cold": phases.get("cold", [1.0] * n),
+            "vLLM prefix-cache hit": phases.get("local", [0.08] * n),
+            "KV-server tier hit": phases.get("kv", [0.1] * n),
+        },
+        "tokens_by_source": {
+            "cold": {
+                "local_cache_hit": 0,
+                "external_kv_transfer": 0,
+                "LMCache L1 hit": 0,
+                "LMCache L2 hit": 0,
+            },
+            "vLLM prefix-cache hit": {"local_cache_hit": tok, "external_kv_transfer": 0},
+            "KV-server tier hit": {
+                "local_cache_hit": 0,
+                "external_kv_transfer": tok,
+                "LMCache L1 hit": 0,
+                "LMCache L2 hit": tok,
+            },
+        },
+    }
+
+
+def test_targets_hand_computed(tmp_path):
+    """Steady runs: every 1-s window of none carries 4 x 100 tokens, of dram+kv 4 x 250, so the
+    ratio is 2.5 in every resample (interval 2.5-2.5: missed, not inconclusive). Probe: KV 0.1 s
+    against vLLM's 0.08 s in every sample: 1.25, met at <= 1.25."""
+    _steady(tmp_path / "runs/none.jsonl", 100)
+    _steady(tmp_path / "runs/top.jsonl", 250)
     results = {
         "workload": {"name": "multi-round-qa"},
         "plan": {"profiles": ["none", "dram+kv"], "loads": ["c4"]},
         "runs": [
-            {"profile": "none", "load": "c4", "summary": {"total_tokens_per_s": 1000.0}},
-            {"profile": "dram+kv", "load": "c4", "summary": {"total_tokens_per_s": 2500.0}},
+            {
+                "profile": "none",
+                "load": "c4",
+                "summary": {"total_tokens_per_s": 400.0, "failed": 0, "unsent": 0},
+                "repeats": [{"repeat": 0, "file": "runs/none.jsonl", "wall_s": 10.0, "meta": {}}],
+            },
+            {
+                "profile": "dram+kv",
+                "load": "c4",
+                "summary": {"total_tokens_per_s": 1000.0, "failed": 0, "unsent": 0},
+                "repeats": [{"repeat": 0, "file": "runs/top.jsonl", "wall_s": 10.0, "meta": {}}],
+            },
         ],
-        "ttft_probe": {"ttft_p50_s": {"cold": 1.0, "vLLM prefix-cache hit": 0.08, "KV-server tier hit": 0.1}},
+        "ttft_probe": _probe(),
         "chunk_bytes": 1 << 20,
         "kv_datapath": [
             {"path": "raw RESP GET (reused buffer)", "value_bytes": 1 << 20, "gb_per_s": 2.0},
@@ -154,15 +210,83 @@ def test_targets_hand_computed():
             {"path": "raw RESP GET (reused buffer)", "value_bytes": 4 << 20, "gb_per_s": 1.0},
         ],
     }
-    t = {x["name"]: x for x in bench.targets(results, 4.0)}
-    assert t["tokens/s dram+kv vs none"]["value"] == pytest.approx(2.5)
-    assert "4.0x vLLM's KV space" in t["tokens/s dram+kv vs none"]["detail"]
-    assert t["TTFT P50 KV-server tier vs vLLM prefix-cache hit"]["value"] == pytest.approx(1.25)
+    t = {x["name"]: x for x in bench.targets(results, 4.0, tmp_path)}
+    tput = t["tokens/s dram+kv vs none"]
+    assert tput["value"] == pytest.approx(2.5) and (tput["lo"], tput["hi"]) == (pytest.approx(2.5),) * 2
+    assert tput["samples"] == [10, 10] and tput["failures"] == 0
+    assert "4.0x vLLM's KV space" in tput["detail"]
+    kv = t["TTFT P50 KV-server tier vs vLLM prefix-cache hit"]
+    assert kv["value"] == pytest.approx(1.25) and kv["hi"] == pytest.approx(1.25) and kv["failures"] == 0
     assert t["TTFT P50 cold vs KV-server tier"]["value"] == pytest.approx(10.0)
-    assert t["LMCache L2 retrieve vs raw RESP GET"]["value"] == pytest.approx(0.75)
+    l2 = t["LMCache L2 retrieve vs raw RESP GET"]
+    assert l2["value"] == pytest.approx(0.75) and "lo" not in l2  # no samples: no interval
     assert schema.problems(list(t.values()), list[schema.Target], "targets") == []
+    status = {x["name"]: report.evaluate_target(x)["status"] for x in t.values()}
+    assert status["tokens/s dram+kv vs none"] == "missed"
+    assert status["TTFT P50 KV-server tier vs vLLM prefix-cache hit"] == "met"
+    assert status["LMCache L2 retrieve vs raw RESP GET"] == "no interval"
+    # without the runs' requests the ratio is still shown, and not called met
+    bare = {x["name"]: x for x in bench.targets(results, 4.0)}
+    assert bare["tokens/s dram+kv vs none"]["value"] == pytest.approx(2.5)
+    assert "lo" not in bare["tokens/s dram+kv vs none"]
     empty = {x["name"]: x for x in bench.targets({"runs": []}, None)}
     assert all(x["value"] is None for x in empty.values())  # not measured, never made up
+
+
+def test_probe_phase_served_elsewhere_is_a_failure():
+    """vLLM still held the context in the "KV-server" phase (its reset was refused): the phase's
+    tokens came from vLLM's own cache, so both probe targets are not met whatever their values."""
+    probe = _probe()
+    probe["tokens_by_source"]["KV-server tier hit"] = {
+        "local_cache_hit": 12000,
+        "external_kv_transfer": 0,
+        "LMCache L1 hit": 0,
+        "LMCache L2 hit": 0,
+    }
+    problems = bench_probe.phase_problems(probe)
+    assert len(problems) == 3 and all(p.startswith("KV-server tier hit: ") for p in problems)
+    assert "12,000 tokens from local_cache_hit" in problems[0]
+    t = {x["name"]: x for x in bench.targets({"runs": [], "ttft_probe": probe}, None)}
+    row = t["TTFT P50 KV-server tier vs vLLM prefix-cache hit"]
+    assert row["failures"] == 3 and "local_cache_hit" in row["detail"]
+    assert report.evaluate_target(row)["status"] == "not met: failures (3)"
+    assert bench_probe.phase_problems(_probe()) == []
+
+
+def test_routing_target_interval_from_the_runs_requests(tmp_path):
+    """Round-robin TTFTs 0.2-0.4 s, cache-aware 0.1-0.2 s (2x): the P95 ratio's interval is
+    computed from the requests in the runs' files; one failed request makes it not met."""
+    files = {}
+    for name, lo in (("rr", 0.2), ("ca", 0.1)):
+        recs = [RequestResult(0.0, 1.0, lo + lo * i / 99, [lo + lo * i / 99], 10, 1) for i in range(100)]
+        files[name] = f"runs/routing__{name}.jsonl"
+        (tmp_path / "runs").mkdir(exist_ok=True)
+        (tmp_path / files[name]).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
+
+    def run(config: str, f: str, failed: int) -> dict:
+        return {"config": config, "file": f, "summary": {"failed": failed, "unsent": 0}, "per_node": {}}
+
+    results = {
+        "runs": [],
+        "routing": {
+            "runs": [run("2 nodes round_robin", files["rr"], 0), run("2 nodes cache_aware", files["ca"], 0)],
+            "target": {
+                "target": "",
+                "measured": 2.0,
+                "hit_rate_higher_on": {"serve1": True, "serve2": False},
+            },
+        },
+    }
+    t = {x["name"]: x for x in bench.targets(results, None, tmp_path)}
+    r = t["TTFT P95 round-robin vs cache-aware routing (2 nodes)"]
+    assert r["value"] == pytest.approx(2.0) and r["lo"] <= 2.0 <= r["hi"] and r["samples"] == [100, 100]
+    assert report.evaluate_target(r)["status"] == "met"  # 1.5 is below the whole interval
+    share = t["share of serving nodes with a higher hit rate under cache-aware routing"]
+    assert share["value"] == 0.5 and report.evaluate_target(share)["status"] == "no interval"
+    results["routing"]["runs"][1]["summary"]["failed"] = 1
+    t = {x["name"]: x for x in bench.targets(results, None, tmp_path)}
+    r = t["TTFT P95 round-robin vs cache-aware routing (2 nodes)"]
+    assert report.evaluate_target(r)["status"] == "not met: failures (1)"
 
 
 class _FakeConnection:

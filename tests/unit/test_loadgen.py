@@ -1,7 +1,9 @@
 """The streaming client's bookkeeping against an in-process fake of vLLM's /v1/completions stream.
 
 The fake server (aiohttp.web on 127.0.0.1, a free port) waits TTFT_S, then streams one chunk per
-token ITL_S apart, then the usage chunk and [DONE]. Timing bounds are generous: this checks what
+token ITL_S apart (with a running usage count when ``continuous_usage_stats`` asks for it, as vLLM
+does; a PAIRS prompt gets two events per write, so the client reads tokens two at a time), then the
+usage chunk and [DONE]. Timing bounds are generous: this checks what
 the client records, not how fast anything is.
 """
 
@@ -61,8 +63,9 @@ class FakeVLLM:
 
             await asyncio.sleep(TTFT_S)
             n = body["max_tokens"]
+            running = body.get("stream_options", {}).get("continuous_usage_stats")
             for i in range(n):
-                if i:
+                if i and not ("PAIRS" in prompt and i % 2):
                     await asyncio.sleep(ITL_S)
                 if "STREAMERR" in prompt and i == 1:
                     await event({"error": {"message": "engine died", "code": 500}})
@@ -71,7 +74,15 @@ class FakeVLLM:
                     await event("{not json")
                     return resp
                 choice = {"index": 0, "text": f" w{idx}t{i}", "finish_reason": None}
-                await event({"id": "c", "object": "text_completion", "choices": [choice], "usage": None})
+                usage = {"prompt_tokens": 0, "completion_tokens": i + 1} if running else None
+                chunk = {"id": "c", "object": "text_completion", "choices": [choice], "usage": usage}
+                if "PAIRS" in prompt and i % 2 == 0:
+                    pending = chunk  # written with the next token, in one write
+                    continue
+                if "PAIRS" in prompt:
+                    await resp.write(f"data: {json.dumps(pending)}\n\ndata: {json.dumps(chunk)}\n\n".encode())
+                    continue
+                await event(chunk)
             usage = {
                 "prompt_tokens": len(prompt.split()) + PROMPT_TOKEN_BONUS,
                 "completion_tokens": n,
@@ -119,7 +130,10 @@ def test_one_request_timings_tokens_and_body():
     assert (rec.prompt_tokens, rec.output_tokens) == (3 + PROMPT_TOKEN_BONUS, 5)  # from the usage chunk
     assert text == "".join(f" w1t{i}" for i in range(5))
     body = fake.bodies[0]
-    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert rec.chunk_tokens == [1] * 5 and rec.per_token  # one token per event, from the running usage
+    assert rec.tpot == pytest.approx((rec.token_times[-1] - rec.first_token_time) / 4)
     assert body["temperature"] == 0 and body["ignore_eos"] is True
     assert (body["max_tokens"], body["model"], body["prompt"]) == (5, "tiny", "a b c")
     assert fake.headers[0]["Authorization"] == "Bearer sekret"
@@ -241,6 +255,33 @@ def test_failed_turn_stops_its_conversation():
     assert res.conversations_aborted == 1 and len(fake.bodies) == 2
     meta = json.loads(json.dumps(res.meta()))
     assert (meta["requests"], meta["failed"], meta["conversations_aborted"]) == (2, 1, 1)
+    assert meta["turns_unsent"] == 1  # turn c: never sent, and not lost from the denominators
+    s = summarize(res.records, unsent=res.turns_unsent)
+    assert (s.requests, s.failed, s.unsent, s.good) == (2, 1, 1, 1) and not s.clean
+    assert s.goodput_fraction == pytest.approx(1 / 3)  # 1 good of 3 planned turns
+
+
+def test_tokens_read_together_share_their_gap():
+    """Two events per socket read: the client stamps them alike; each read's gap is spread over
+    its two tokens, so ITL is per token and TPOT agrees with it."""
+
+    async def go():
+        async with fake_server() as (_, url), aiohttp.ClientSession() as s:
+            return await send_request(s, LoadConfig(url, "tiny"), "PAIRS x", 6)
+
+    rec, _ = asyncio.run(go())
+    assert rec.ok, rec.error
+    t = rec.token_times
+    assert t[0] == t[1] and t[2] == t[3] and t[4] == t[5]  # one timestamp per read
+    assert rec.chunk_tokens == [1] * 6 and rec.output_tokens == 6
+    assert [k for _, k in rec.reads()] == [2, 2, 2]
+    assert rec.multi_token_reads == (2, 2)
+    itls = rec.itls
+    assert len(itls) == 4 and itls[0] == itls[1] and itls[2] == itls[3]
+    assert sum(itls) == pytest.approx(t[-1] - t[0])
+    assert all(ITL_S * 0.3 < g < ITL_S / 2 + 0.25 for g in itls), itls  # half a gap each, never 0
+    s = summarize([rec])
+    assert s.itl_per == "token" and s.itl_multi_token_share == 1.0
 
 
 def test_bounds_max_requests_and_max_seconds():

@@ -66,13 +66,24 @@ def full_results() -> dict:
         "runs": runs,
         "kv_datapath": kv,
         "targets": [
-            {"name": "tokens/s dram+kv vs none", "value": 3.2, "target": 3, "op": ">=", "unit": "x"},
+            {
+                "name": "tokens/s dram+kv vs none",
+                "value": 3.2,
+                "target": 3,
+                "op": ">=",
+                "unit": "x",
+                "lo": 3.1,
+                "hi": 3.3,
+                "failures": 0,
+            },
             {
                 "name": "TTFT KV tier vs prefix-cache hit",
                 "value": 1.5,
                 "target": 1.25,
                 "op": "<=",
                 "unit": "x",
+                "lo": 1.4,
+                "hi": 1.6,
             },
             {"name": "L2 vs raw RESP", "value": None, "target": 0.7, "op": ">="},
         ],
@@ -90,13 +101,26 @@ def interrupted_results() -> dict:
 
 
 def test_evaluate_target_met_missed_and_by_how_much():
-    t = report.evaluate_target({"name": "a", "value": 2.1, "target": 3, "op": ">=", "unit": "x"})
+    t = report.evaluate_target(
+        {"name": "a", "value": 2.1, "target": 3, "op": ">=", "unit": "x", "lo": 1.9, "hi": 2.3}
+    )
     assert t["status"] == "missed" and t["by"] == pytest.approx(-0.3) and t["by_text"] == "short by 30%"
-    assert t["value_text"] == "2.1x" and t["target_text"] == ">= 3x"
-    t = report.evaluate_target({"name": "b", "value": 1.0, "target": 1.25, "op": "<="})
+    assert t["value_text"] == "2.1x" and t["target_text"] == ">= 3x" and t["interval_text"] == "1.9-2.3x"
+    t = report.evaluate_target({"name": "b", "value": 1.0, "target": 1.25, "op": "<=", "lo": 0.9, "hi": 1.1})
     assert t["status"] == "met" and t["by"] == pytest.approx(0.2) and t["by_text"] == "margin 20%"
-    t = report.evaluate_target({"name": "c", "value": 1.5, "target": 1.25, "op": "<="})
+    t = report.evaluate_target({"name": "c", "value": 1.5, "target": 1.25, "op": "<=", "lo": 1.3, "hi": 1.7})
     assert t["status"] == "missed" and t["by"] == pytest.approx(-0.2)
+    # the point clears the line, the interval straddles it: not met
+    t = report.evaluate_target({"name": "s", "value": 3.3, "target": 3, "op": ">=", "lo": 2.8, "hi": 3.9})
+    assert t["status"] == "inconclusive" and t["by_text"] == "margin 10%"
+    # a point value without an interval is shown, never called met
+    t = report.evaluate_target({"name": "p", "value": 9.0, "target": 3, "op": ">="})
+    assert t["status"] == "no interval" and t["interval_text"] == "-"
+    # failures behind a clean interval
+    t = report.evaluate_target(
+        {"name": "f", "value": 3.5, "target": 3, "op": ">=", "lo": 3.2, "hi": 3.8, "failures": 2}
+    )
+    assert t["status"] == "not met: failures (2)"
     assert report.evaluate_target({"name": "d", "value": None, "target": 1})["status"] == "not measured"
     with pytest.raises(ValueError):
         report.evaluate_target({"name": "e", "value": 1, "target": 1, "op": "=="})
@@ -108,16 +132,22 @@ def test_markdown_tables_targets_and_machine():
     assert "2 cores, 24 GiB, Debian 12, no GPU (the lab)" in md and "- cpus: 2" in md
     assert "users=362, rounds=10" in md and "1,048,576 tokens (4,096.0 MiB" in md
     # throughput rows: 1000f input, 100f output tok/s, ratio to none at the same load (c4 runs twice as fast)
-    assert "| `none` | c1 | 10 | 0 | 1,000.0 | 100.0 | 1,100.0 | 1.00x | 10.00 | 100% |" in md
-    assert "| `dram+kv` | c1 | 10 | 0 | 3,200.0 | 320.0 | 3,520.0 | 3.20x | 32.00 | 100% |" in md
-    assert "| `dram+kv` | c4 | 10 | 0 | 6,400.0 | 640.0 | 7,040.0 | 3.20x | 64.00 | 100% |" in md
+    assert "| `none` | c1 | 10 | 0 | 0 | 1,000.0 | 100.0 | 1,100.0 | 1.00x | 10.00 | 100% |" in md
+    assert "| `dram+kv` | c1 | 10 | 0 | 0 | 3,200.0 | 320.0 | 3,520.0 | 3.20x | 32.00 | 100% |" in md
+    assert "| `dram+kv` | c4 | 10 | 0 | 0 | 6,400.0 | 640.0 | 7,040.0 | 3.20x | 64.00 | 100% |" in md
     # latency row of none at c1: TTFT 100, 102, ..., 118 ms (P50 rank 4.5: 109, P95 rank 8.55: 117.1,
-    # P99 rank 8.91: 117.82), ITL 20 ms, E2E = TTFT + 9 x 20 ms: 0.289, 0.2971, 0.29782 s
-    assert "| `none` | c1 | 109.0 | 117.1 | 117.8 | 20.0 | 20.0 | 20.0 | 0.29 | 0.30 | 0.30 |" in md
-    assert "| target | measured | required | status | by |" in md
-    assert "| tokens/s dram+kv vs none | 3.2x | >= 3x | **met** | margin 7% |" in md
-    assert "| TTFT KV tier vs prefix-cache hit | 1.5x | <= 1.25x | **missed** | short by 20% |" in md
-    assert "| L2 vs raw RESP | - | >= 0.7 | **not measured** | - |" in md
+    # P99 rank 8.91: 117.82), TPOT and ITL 20 ms (one token per chunk, no per-chunk counts: per
+    # chunk), E2E to the last token = TTFT + 9 x 20 ms: 0.289, 0.2971, 0.29782 s
+    assert (
+        "| `none` | c1 | 109.0 | 117.1 | 117.8 | 20.0 | 20.0 | 20.0 | 20.0 | 20.0 | 20.0 | chunk, 0% multi "
+        "| 0.29 | 0.30 | 0.30 |"
+    ) in md
+    assert "| target | measured | 95% interval | required | status | by |" in md
+    assert "| tokens/s dram+kv vs none | 3.2x | 3.1-3.3x | >= 3x | **met** | margin 7% |" in md
+    assert (
+        "| TTFT KV tier vs prefix-cache hit | 1.5x | 1.4-1.6x | <= 1.25x | **missed** | short by 20% |" in md
+    )
+    assert "| L2 vs raw RESP | - | - | >= 0.7 | **not measured** | - |" in md
     assert "| value size | raw RESP GET | raw RESP SET | LMCache L2 GET |" in md
     assert "| 2 MiB | 1.90 | 1.20 | 1.50 |" in md and "| 256 KiB | 0.80 | 0.50 | 0.60 |" in md
     assert "| memcpy | 9.10 |" in md and "| loopback TCP | 2.00 |" in md

@@ -83,20 +83,22 @@ def run(config: str, ttft_scale: float, rates: dict[str, float]) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("ca_scale", "ca_rates", "met"),
+    ("ca_scale", "ca_rates", "higher"),
     [
-        (0.5, {"serve1": 0.9, "serve2": 0.8}, True),  # 2x better and higher everywhere
-        (0.8, {"serve1": 0.9, "serve2": 0.8}, False),  # only 1.25x better
-        (0.5, {"serve1": 0.9, "serve2": 0.3}, False),  # serve2's hit rate fell
+        (0.5, {"serve1": 0.9, "serve2": 0.8}, {"serve1": True, "serve2": True}),  # 2x, higher everywhere
+        (0.8, {"serve1": 0.9, "serve2": 0.8}, {"serve1": True, "serve2": True}),  # only 1.25x
+        (0.5, {"serve1": 0.9, "serve2": 0.3}, {"serve1": True, "serve2": False}),  # serve2's fell
     ],
 )
-def test_target_needs_both_the_ratio_and_every_node(ca_scale, ca_rates, met):
+def test_target_figures_the_ratio_and_every_node(ca_scale, ca_rates, higher):
+    """The point ratio and each node's comparison; met or not is the interval's call
+    (tests/unit/test_bench.py: the routing target's interval and verdict)."""
     runs = [
         run("2 nodes round_robin", 1.0, {"serve1": 0.5, "serve2": 0.5}),
         run("2 nodes cache_aware", ca_scale, ca_rates),
     ]
     t = routing.target(runs)
-    assert t["met"] is met
+    assert "met" not in t and t["hit_rate_higher_on"] == higher
     p95 = [r["summary"]["ttft"]["p95"] for r in runs]
     assert t["measured"] == pytest.approx(p95[0] / p95[1])
     assert t["hit_rate_higher_on"]["serve1"] is True

@@ -121,7 +121,7 @@ class Context:
         # Text is drawn per run from --seed and a random salt: the KV server keeps what earlier runs
         # stored (nothing is flushed), so reusing their text would turn cold requests into hits.
         salt = derive_seed(o.seed, random.SystemRandom().randrange(1 << 62))
-        slo = SLO(ttft_s=o.slo_ttft_ms / 1000, itl_s=o.slo_itl_ms / 1000)
+        slo = SLO(ttft_s=o.slo_ttft_ms / 1000, tpot_s=o.slo_tpot_ms / 1000)
         ctx = cls(o, loads, ep, node, res, salt, slo)
         res.update(
             machine=machine(),

@@ -212,8 +212,9 @@ class BenchOptions:
     slo_ttft_ms: float = field(
         default=2000.0, metadata=meta("goodput SLO: time to first token, ms (default 2000)", FLOAT)
     )
-    slo_itl_ms: float = field(
-        default=200.0, metadata=meta("goodput SLO: mean inter-token latency, ms (default 200)", FLOAT)
+    slo_tpot_ms: float = field(
+        default=200.0,
+        metadata=meta("goodput SLO: time per output token after the first, ms (default 200)", FLOAT),
     )
     results_dir: Path = field(
         default=REPO / "results", metadata=meta("results root (default results/)", Path, cli="results")
@@ -288,8 +289,9 @@ def _check_run(o: BenchOptions) -> None:
     """Limits, switches and the routing/Dynamo steps."""
     if o.max_seconds is not None and o.max_seconds <= 0:
         raise BenchError(f"--max-seconds: must be > 0, got {o.max_seconds}")
-    if o.slo_ttft_ms <= 0 or o.slo_itl_ms <= 0:
-        raise BenchError("--slo-ttft-ms and --slo-itl-ms must be > 0")
+    for name in ("slo_ttft_ms", "slo_tpot_ms"):
+        if getattr(o, name) <= 0:
+            raise BenchError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(o, name)}")
     reserved = {"tier_profile", "lmcache_chunk_size"} & set(o.extra_vars)
     if reserved:
         raise BenchError(f"--set: {', '.join(sorted(reserved))} is set by --profiles / --chunk-sizes")

@@ -32,6 +32,36 @@ def _tokens_by_source(deltas: dict[str, dict[str, float]], lmcache: m.Source | N
     return tokens
 
 
+#: a phase's tokens from the source it claims must be at least this share of its prompt tokens,
+#: and from a source it must not use at most the other share
+CLAIMED_SHARE, STRAY_SHARE = 0.5, 0.1
+
+
+def phase_problems(probe: TtftProbe) -> list[str]:
+    """Where a probe phase's prompt tokens did not come from where the phase claims (vLLM's and
+    LMCache's counters): cold from neither cache, the prefix-cache hit from vLLM's own cache, the
+    KV-server hit from LMCache's L2 (the KV server), not from vLLM or LMCache's L1. Empty when
+    every phase is what it says."""
+    total = probe.get("n", 0) * probe.get("prompt_tokens", 0)
+    src = probe.get("tokens_by_source") or {}
+    checks = (
+        ("cold", "local_cache_hit", "<="),
+        ("cold", "external_kv_transfer", "<="),
+        ("vLLM prefix-cache hit", "local_cache_hit", ">="),
+        ("KV-server tier hit", "local_cache_hit", "<="),
+        ("KV-server tier hit", "external_kv_transfer", ">="),
+        ("KV-server tier hit", "LMCache L2 hit", ">="),
+        ("KV-server tier hit", "LMCache L1 hit", "<="),
+    )
+    out = []
+    for phase, source, op in checks:
+        got = (src.get(phase) or {}).get(source, 0.0)
+        line = (CLAIMED_SHARE if op == ">=" else STRAY_SHARE) * total
+        if (got < line) if op == ">=" else (got > line):
+            out.append(f"{phase}: {got:,.0f} tokens from {source} (expected {op} {line:,.0f})")
+    return out
+
+
 def ttft_probe(
     vllm: dict[str, Any], lmcache: m.Source | None, tok: TokenizerAdapter, n: int, seed: int
 ) -> TtftProbe:

@@ -95,7 +95,12 @@ class Results:
             "profile": profile,
             "load": load,
             "repeats": [{k: v for k, v in x.items() if k not in ("deltas", "records")} for x in reps],
-            "summary": summarize(all_records, slo=slo, wall_time_s=sum(x["wall_s"] for x in reps)).to_dict(),
+            "summary": summarize(
+                all_records,
+                slo=slo,
+                wall_time_s=sum(x["wall_s"] for x in reps),
+                unsent=sum(x["meta"].get("turns_unsent", 0) for x in reps),
+            ).to_dict(),
             "metrics": m.summarize(merged, kinds),
         }
         self.data["runs"] = [r for r in self.data["runs"] if (r["profile"], r["load"]) != (profile, load)]

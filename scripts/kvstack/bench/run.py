@@ -64,7 +64,8 @@ def finish(ctx: Context) -> None:
     goes on when an earlier one failed."""
     res = ctx.res
     res.update(
-        targets=targets(res.data, res.data.get("workload", {}).get("kv_space_ratio")), finished_at=now()
+        targets=targets(res.data, res.data.get("workload", {}).get("kv_space_ratio"), res.dir),
+        finished_at=now(),
     )
     res.save()
     try:

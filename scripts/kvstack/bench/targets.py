@@ -1,93 +1,155 @@
-"""The issues' targets, met or missed, from what a run measured (value None where not measured)."""
+"""The issues' targets from what a run measured: each with its value, its confidence interval where
+the run's samples allow one (:mod:`kvstack.intervals`), and the failures behind it. Whether one is
+met is :func:`kvstack.intervals.verdict`'s call (the report's), never decided here.
+
+Intervals: throughput ratios by a bootstrap over time windows of each configuration's runs
+(:func:`kvstack.intervals.window_rates`, 10 per repeat); TTFT ratios by a bootstrap over the
+requests. The data path's ratio and the per-node hit rates have no samples to resample: their rows
+carry no interval and so cannot be met."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+from kvstack import intervals as iv
 from kvstack import report, routing
-from kvstack.bench.probe import PROBE_TOKENS
+from kvstack.bench.probe import PROBE_TOKENS, phase_problems
 from kvstack.results_schema import ResultsJson, RunEntry, Target
+from kvstack.stats import RequestResult, read_jsonl
 from kvstack_node import datapath
 
 TARGETS = {"throughput_x": 3.0, "kv_vs_local_hit_x": 1.25, "cold_vs_kv_x": 5.0, "l2_vs_raw": 0.70}
+#: time windows per repeat for a throughput interval
+WINDOWS = 10
 
 
-def targets(results: ResultsJson, ws_ratio: float | None) -> list[Target]:
-    """The issue's targets from what this run measured (value None where not measured)."""
-    out: list[Target] = []
-    runs = report.run_index(results)
-    for load in report.loads_of(results):
-        base = _tps(runs.get(("none", load)))
-        top = _tps(runs.get(("dram+kv", load)))
+def _records(run_dir: Path | None, files: Sequence[str]) -> list[list[RequestResult]] | None:
+    """Each file's requests (paths relative to *run_dir*); None when any is missing."""
+    if run_dir is None or not files or not all((run_dir / f).is_file() for f in files):
+        return None
+    return [read_jsonl(run_dir / f) for f in files]
+
+
+def _failures(*summaries: dict | None) -> int:
+    return sum(int((s or {}).get("failed", 0)) + int((s or {}).get("unsent", 0)) for s in summaries)
+
+
+def _row(name: str, value: float | None, interval: iv.Interval | None, **fields) -> Target:
+    """A target row: the interval's own point value where there is one."""
+    row: Target = {"name": name, "value": interval.value if interval else value, **fields}  # type: ignore[typeddict-item]
+    if interval:
+        row.update(lo=interval.lo, hi=interval.hi, conf=interval.conf, samples=[interval.n_a, interval.n_b])
+    return row
+
+
+def throughput_target(
+    base: RunEntry | None, top: RunEntry | None, run_dir: Path | None, detail: str, seed: int = 0
+) -> Target:
+    """tokens/s of *top* over *base*, with a bootstrap interval over their runs' time windows."""
+    tps = [((r or {}).get("summary") or {}).get("total_tokens_per_s") for r in (top, base)]
+    value = tps[0] / tps[1] if tps[0] and tps[1] else None
+    rates = []
+    for r in (top, base):
+        recs = _records(run_dir, [x["file"] for x in (r or {}).get("repeats", [])])
+        rates.append([w for rs in recs for w in iv.window_rates(rs, WINDOWS)] if recs else [])
+    interval = iv.bootstrap_ratio(rates[0], rates[1], iv.mean, seed=seed) if value else None
+    return _row(
+        "tokens/s dram+kv vs none",
+        value,
+        interval,
+        target=TARGETS["throughput_x"],
+        op=">=",
+        unit="x",
+        detail=detail,
+        failures=_failures((top or {}).get("summary"), (base or {}).get("summary")),
+    )
+
+
+def probe_targets(results: ResultsJson) -> list[Target]:
+    """The TTFT probe's two ratios; a phase whose tokens did not come from where it claims counts
+    as a failure (:func:`kvstack.bench.probe.phase_problems`)."""
+    probe = results.get("ttft_probe") or {}
+    rows = probe.get("ttft_s") or {}
+    cold, local, kv = (rows.get(k) or [] for k in ("cold", "vLLM prefix-cache hit", "KV-server tier hit"))
+    problems = phase_problems(probe) if probe else []
+    failures = int(probe.get("failed", 0)) + len(problems)
+    detail = f"{PROBE_TOKENS}-token context" + (f"; {'; '.join(problems)}" if problems else "")
+    out = []
+    for name, a, b, key, op in (
+        ("TTFT P50 KV-server tier vs vLLM prefix-cache hit", kv, local, "kv_vs_local_hit_x", "<="),
+        ("TTFT P50 cold vs KV-server tier", cold, kv, "cold_vs_kv_x", ">="),
+    ):
+        pa, pb = iv.p(50)(a), iv.p(50)(b)
+        interval = iv.bootstrap_ratio(a, b, iv.p(50), seed=len(out))
+        value = pa / pb if pa and pb else None
         out.append(
-            {
-                "name": "tokens/s dram+kv vs none",
-                "value": top / base if base and top else None,
-                "target": TARGETS["throughput_x"],
-                "op": ">=",
-                "unit": "x",
-                "detail": f"{results.get('workload', {}).get('name', '')}, load {load}, working set "
-                + (f"{ws_ratio:.1f}x vLLM's KV space" if ws_ratio else "?"),
-            }
+            _row(
+                name, value, interval, target=TARGETS[key], op=op, unit="x", detail=detail, failures=failures
+            )
         )
-    p = (results.get("ttft_probe") or {}).get("ttft_p50_s") or {}
-    cold, local, kv = p.get("cold"), p.get("vLLM prefix-cache hit"), p.get("KV-server tier hit")
-    out.append(
-        {
-            "name": "TTFT P50 KV-server tier vs vLLM prefix-cache hit",
-            "value": kv / local if kv and local else None,
-            "target": TARGETS["kv_vs_local_hit_x"],
-            "op": "<=",
-            "unit": "x",
-            "detail": f"{PROBE_TOKENS}-token context",
-        }
-    )
-    out.append(
-        {
-            "name": "TTFT P50 cold vs KV-server tier",
-            "value": cold / kv if kv and cold else None,
-            "target": TARGETS["cold_vs_kv_x"],
-            "op": ">=",
-            "unit": "x",
-            "detail": f"{PROBE_TOKENS}-token context",
-        }
-    )
-    chunk = results.get("chunk_bytes")
-    ratios = datapath.l2_vs_raw(results.get("kv_datapath") or [])
-    # the measured value size nearest one LMCache chunk of this model
-    size = min(ratios, key=lambda s: abs(s - (chunk or 0))) if ratios else None
-    out.append(
-        {
-            "name": "LMCache L2 retrieve vs raw RESP GET",
-            "value": ratios.get(size) if size else None,
-            "target": TARGETS["l2_vs_raw"],
-            "op": ">=",
-            "unit": "x",
-            "detail": f"value {report.fmt_bytes(size)} (one LMCache chunk of this model)" if size else "",
-        }
-    )
-    rt = (results.get("routing") or {}).get("target") or {}
-    higher = rt.get("hit_rate_higher_on") or {}
-    out.append(
-        {
-            "name": "TTFT P95 round-robin vs cache-aware routing (2 nodes)",
-            "value": rt.get("measured"),
-            "target": routing.TARGET_P95_X,
-            "op": ">=",
-            "unit": "x",
-            "detail": "multi-round QA through the router",
-        }
-    )
-    out.append(
-        {
-            "name": "share of serving nodes with a higher hit rate under cache-aware routing",
-            "value": sum(higher.values()) / len(higher) if higher else None,
-            "target": 1.0,
-            "op": ">=",
-            "unit": "",
-            "detail": ", ".join(f"{n}: {'yes' if v else 'no'}" for n, v in higher.items()),
-        }
-    )
     return out
 
 
-def _tps(run_: RunEntry | None) -> float | None:
-    return ((run_ or {}).get("summary") or {}).get("total_tokens_per_s")
+def datapath_target(results: ResultsJson) -> Target:
+    """LMCache's L2 retrieve over the raw client at the value size nearest one chunk (no interval)."""
+    chunk = results.get("chunk_bytes")
+    ratios = datapath.l2_vs_raw(results.get("kv_datapath") or [])
+    size = min(ratios, key=lambda s: abs(s - (chunk or 0))) if ratios else None
+    return _row(
+        "LMCache L2 retrieve vs raw RESP GET",
+        ratios.get(size) if size else None,
+        None,
+        target=TARGETS["l2_vs_raw"],
+        op=">=",
+        unit="x",
+        detail=f"value {report.fmt_bytes(size)} (one LMCache chunk of this model)" if size else "",
+    )
+
+
+def routing_targets(results: ResultsJson, run_dir: Path | None) -> list[Target]:
+    """TTFT P95 round-robin over cache-aware on 2 nodes (bootstrap over requests), and the share
+    of nodes whose hit rate cache-aware routing raised (no interval)."""
+    rt = results.get("routing") or {}
+    by = {r["config"]: r for r in rt.get("runs", [])}
+    rr, ca = by.get("2 nodes round_robin"), by.get("2 nodes cache_aware")
+    recs = _records(run_dir, [r["file"] for r in (rr, ca) if r and r.get("file")]) if rr and ca else None
+    ttfts = [[x.ttft for x in rs if x.ok and x.ttft is not None] for rs in recs] if recs else [[], []]
+    interval = iv.bootstrap_ratio(ttfts[0], ttfts[1], iv.p(95), seed=2) if len(ttfts) == 2 else None
+    higher = (rt.get("target") or {}).get("hit_rate_higher_on") or {}
+    failures = _failures(*((r or {}).get("summary") for r in (rr, ca)))
+    return [
+        _row(
+            "TTFT P95 round-robin vs cache-aware routing (2 nodes)",
+            (rt.get("target") or {}).get("measured"),
+            interval,
+            target=routing.TARGET_P95_X,
+            op=">=",
+            unit="x",
+            detail="multi-round QA through the router",
+            failures=failures,
+        ),
+        _row(
+            "share of serving nodes with a higher hit rate under cache-aware routing",
+            sum(higher.values()) / len(higher) if higher else None,
+            None,
+            target=1.0,
+            op=">=",
+            unit="",
+            detail=", ".join(f"{n}: {'yes' if v else 'no'}" for n, v in higher.items()),
+            failures=failures,
+        ),
+    ]
+
+
+def targets(results: ResultsJson, ws_ratio: float | None, run_dir: Path | None = None) -> list[Target]:
+    """The issue's targets from what this run measured (value None where not measured); *run_dir*
+    holds the runs' requests, which the intervals resample."""
+    out: list[Target] = []
+    runs = report.run_index(results)
+    for load in report.loads_of(results):
+        detail = f"{results.get('workload', {}).get('name', '')}, load {load}, working set " + (
+            f"{ws_ratio:.1f}x vLLM's KV space" if ws_ratio else "?"
+        )
+        out.append(throughput_target(runs.get(("none", load)), runs.get(("dram+kv", load)), run_dir, detail))
+    return [*out, *probe_targets(results), datapath_target(results), *routing_targets(results, run_dir)]

@@ -1,0 +1,91 @@
+"""The interval arithmetic and the verdict: hand-computed cases, a seeded and repeatable bootstrap,
+its coverage on samples with a known ratio, and "met" refused while the interval straddles the line."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kvstack import intervals as iv
+from kvstack.stats import RequestResult
+
+
+def test_constant_samples_give_a_point_interval():
+    out = iv.bootstrap_ratio([2.0] * 5, [1.0] * 7, iv.mean, seed=1, resamples=200)
+    assert out is not None
+    assert (out.value, out.lo, out.hi) == (2.0, 2.0, 2.0)
+    assert (out.n_a, out.n_b, out.resamples, out.conf) == (5, 7, 200, 0.95)
+    assert out.to_dict()["value"] == 2.0
+
+
+def test_bootstrap_is_seeded_and_brackets_the_point():
+    rng = random.Random(3)
+    a = [rng.uniform(1, 3) for _ in range(30)]
+    b = [rng.uniform(1, 2) for _ in range(30)]
+    one = iv.bootstrap_ratio(a, b, iv.p(50), seed=7, resamples=500)
+    assert one == iv.bootstrap_ratio(a, b, iv.p(50), seed=7, resamples=500)  # same seed, same interval
+    assert one != iv.bootstrap_ratio(a, b, iv.p(50), seed=8, resamples=500)
+    assert one.lo < one.value < one.hi
+    assert one.value == pytest.approx(iv.p(50)(a) / iv.p(50)(b))
+
+
+def test_too_few_samples_or_zero_give_no_interval():
+    assert iv.bootstrap_ratio([1.0], [1.0, 2.0], iv.mean) is None
+    assert iv.bootstrap_ratio([1.0, 2.0], [], iv.mean) is None
+    assert iv.bootstrap_ratio([1.0, 2.0], [0.0, 0.0], iv.mean) is None
+    assert iv.mean([]) is None and iv.mean([1.0, 3.0]) == 2.0
+
+
+def test_coverage_on_known_ratio():
+    """Exponential samples with means 2 and 1 (true ratio 2): the 95% interval of the ratio of
+    means holds 2 in most of 60 independent trials (a percentile bootstrap runs a little under its
+    nominal level at n=40; far under would mean broken arithmetic)."""
+    rng = random.Random(11)
+    hits = 0
+    for t in range(60):
+        a = [rng.expovariate(0.5) for _ in range(40)]
+        b = [rng.expovariate(1.0) for _ in range(40)]
+        out = iv.bootstrap_ratio(a, b, iv.mean, seed=t, resamples=400)
+        hits += out.lo <= 2.0 <= out.hi
+    assert hits >= 50, hits
+
+
+def test_window_rates_by_hand():
+    """A run from 0 to 4 s in 4 windows: requests ending at .5 (10+2 tokens), 1.5 (20+2), 1.7
+    (failed, not counted), 3.9 (5+1): 12, 22, 0, 6 tokens per 1-s window."""
+    recs = [
+        RequestResult(0.0, 0.5, 0.2, [0.2, 0.5], 10, 2),
+        RequestResult(1.0, 1.5, 1.2, [1.2, 1.5], 20, 2),
+        RequestResult(1.0, 1.7, None, [], 0, 0, error="HTTP 500"),
+        RequestResult(3.0, 4.0, 3.9, [3.9], 5, 1),
+    ]
+    assert iv.window_rates(recs, 4) == pytest.approx([12.0, 22.0, 0.0, 6.0])
+    assert sum(iv.window_rates(recs, 4)) / 4 == pytest.approx(40 / 4.0)  # their mean: the run's tokens/s
+    assert iv.window_rates([], 4) == []
+    with pytest.raises(ValueError):
+        iv.window_rates(recs, 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "lo", "hi", "op", "failures", "expected"),
+    [
+        (3.5, 3.1, 3.9, ">=", 0, "met"),
+        (3.5, 2.9, 3.9, ">=", 0, "inconclusive"),  # the point clears 3, the interval does not
+        (2.5, 2.0, 2.9, ">=", 0, "missed"),
+        (1.1, 1.0, 1.2, "<=", 0, "met"),
+        (1.1, 0.9, 1.3, "<=", 0, "inconclusive"),
+        (1.4, 1.3, 1.5, "<=", 0, "missed"),
+        (3.5, 3.1, 3.9, ">=", 2, "not met: failures"),  # a clean interval from a run with failures
+        (3.5, None, None, ">=", 0, "no interval"),
+        (None, None, None, ">=", 0, "not measured"),
+    ],
+)
+def test_verdict(value, lo, hi, op, failures, expected):
+    target = 3.0 if op == ">=" else 1.25
+    assert iv.verdict(value, lo, hi, op, target, failures) == expected
+
+
+def test_verdict_rejects_an_unknown_operator():
+    with pytest.raises(ValueError):
+        iv.verdict(1.0, 0.9, 1.1, "==", 1.0)
