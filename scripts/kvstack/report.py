@@ -391,6 +391,7 @@ def context(results: ResultsJson, images: dict[str, str] | None = None) -> dict[
         "machine_description": machine.pop("description", None),
         "machine": machine,
         "workload": results.get("workload"),
+        "ceiling": results.get("ceiling"),
         "profiles": profiles_of(results),
         "loads": loads_of(results),
         "throughput_rows": _throughput_rows(results),

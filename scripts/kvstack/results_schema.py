@@ -187,6 +187,15 @@ class Target(TypedDict):
     failures: NotRequired[int]
 
 
+class Ceiling(TypedDict):
+    """``ceiling`` (:mod:`kvstack.bench.ceiling`): vLLM's cache in the ceiling's cells and the
+    LMCache profile measured with it (None: the matrix had none)."""
+
+    kv_blocks: int
+    tokens: int
+    top: str | None
+
+
 class Workload(TypedDict):
     """``workload``: :meth:`kvstack.workloads.Workload.summary` and vLLM's KV space."""
 
@@ -249,6 +258,7 @@ class ResultsJson(TypedDict):
     plan: NotRequired[Plan]
     # the context (kvstack.bench.context)
     workload: NotRequired[Workload]
+    ceiling: NotRequired[Ceiling]
     #: bytes of one LMCache chunk of the served model
     chunk_bytes: NotRequired[int]
     #: seconds each switch of the serving node took

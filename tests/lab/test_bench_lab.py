@@ -1,8 +1,9 @@
-"""`fab run-bench` on the lab, at its smallest: two tier profiles switched through site.yml, the TTFT
-probe, the KV data path from a serving node, the RocksDB engine bench and the routing runs (1 node,
-2 nodes round-robin, 2 nodes cache-aware). Asserts on counters and
-outcomes (requests served, where tokens came from, rows written, no secret in the results), never on
-timings; the ratios it measures go to its report."""
+"""`fab run-bench` on the lab, at its smallest: two tier profiles switched through site.yml, the
+ceiling (both again with vLLM's own cache holding the working set), the TTFT probe, the KV data
+path from a serving node, the RocksDB engine bench and the routing runs (1 node, 2 nodes
+round-robin, 2 nodes cache-aware). Asserts on counters and outcomes (requests served, where
+tokens came from, rows written, no secret in the results), never on timings; the ratios it
+measures go to its report, with their intervals."""
 
 from __future__ import annotations
 
@@ -40,13 +41,21 @@ def bench_run(up_lab, tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
+CEIL = ", ample vLLM cache"
+
+
 def test_matrix_ran_every_request(bench_run):
     _, res = bench_run
     assert not res["interrupted"] and res["plan"]["profiles"] == ["none", "kv"]
+    assert res["plan"]["ceiling"] == ["none" + CEIL, "kv" + CEIL]
     runs = {r["profile"]: r for r in res["runs"]}
-    assert set(runs) == {"none", "kv"}
+    assert set(runs) == {"none", "kv", "none" + CEIL, "kv" + CEIL}
     for r in runs.values():
-        assert r["summary"]["requests"] == USERS * ROUNDS and r["summary"]["failed"] == 0
+        s = r["summary"]
+        assert s["requests"] == USERS * ROUNDS and s["failed"] == 0 and s["unsent"] == 0
+        # vLLM reported each chunk's tokens: ITL per token, TPOT for every multi-token answer
+        assert s["itl_per"] == "token" and s["tpot"]["count"] == USERS * ROUNDS
+        assert s["itl"]["count"] <= s["output_tokens"] - s["completed"]
 
 
 def test_tokens_came_from_the_tier_the_profile_has(bench_run):
@@ -60,6 +69,12 @@ def test_tokens_came_from_the_tier_the_profile_has(bench_run):
     assert runs["kv"]["prompt tokens: external_kv_transfer"] >= 2 * 2048
     assert runs["kv"]["LMCache L2 hit tokens"] >= 2 * 2048
     assert runs["kv"]["KV server MB in"] > 0 and runs["kv"]["LMCache chunks stored to L2"] > 0
+    # the ceiling: vLLM's own cache holds the working set, so round 2 comes from it, not the tier
+    hits = "prompt tokens: local_cache_hit"
+    assert runs["none" + CEIL][hits] > runs["none"][hits]
+    assert (
+        res["ceiling"]["kv_blocks"] * res["workload"]["block_size"] >= res["workload"]["working_set_tokens"]
+    )
 
 
 def test_probe_phases_served_where_they_claim(bench_run):
@@ -91,7 +106,16 @@ def test_datapath_and_rocksdb_rows(bench_run):
     }
     names = {t["name"]: t for t in res["targets"]}
     assert names["LMCache L2 retrieve vs raw RESP GET"]["value"] is not None
-    assert names["TTFT P50 cold vs KV-server tier"]["value"] is not None
+    for name in ("TTFT P50 cold vs KV-server tier", "TTFT P50 KV-server tier vs vLLM prefix-cache hit"):
+        # an interval from the probe's requests, and every phase served where it claims
+        t = names[name]
+        assert t["value"] is not None and t["lo"] <= t["value"] <= t["hi"] and t["failures"] == 0
+    for name in (
+        "tokens/s kv vs the ceiling",
+        "LMCache overhead: tokens/s kv vs none, both with ample vLLM cache",
+    ):
+        t = names[name]
+        assert t["value"] is not None and t["lo"] <= t["hi"] and t["samples"] == [10, 10]
 
 
 def test_report_and_raw_data_written(bench_run):

@@ -12,6 +12,7 @@ import pytest
 from kvstack import bench, loadgen, report, stack
 from kvstack import results_schema as schema
 from kvstack.bench import BenchError, BenchOptions, Cell, Load
+from kvstack.bench import ceiling as bench_ceiling
 from kvstack.bench import context as bench_context
 from kvstack.bench import options as bench_options
 from kvstack.bench import probe as bench_probe
@@ -449,6 +450,8 @@ def test_every_step_follows_the_protocol():
         assert isinstance(step.name, str) and isinstance(step.optional, bool)
         assert callable(step.enabled) and callable(step.planned) and callable(step.run)
     o = BenchOptions(probe=False, datapath=False, rocksdb=False, routing=False)
+    assert [s.name for s in bench.STEPS if s.enabled(o)] == ["matrix", "ceiling"]
+    o = BenchOptions(probe=False, datapath=False, rocksdb=False, routing=False, ceiling=False)
     assert [s.name for s in bench.STEPS if s.enabled(o)] == ["matrix"]
     assert [s.name for s in bench.STEPS if s.enabled(BenchOptions(matrix=False, dynamo=True))] == [
         "TTFT probe",
@@ -466,3 +469,52 @@ def test_chunk_sizes_are_checked_against_the_nodes_block_size():
         BenchError, match="--chunk-sizes: 200 is not a multiple of lab-serve1's vLLM block size 128"
     ):
         bench_options.check_chunk_sizes(BenchOptions(chunk_sizes=(256, 200)), "lab-serve1", 128)
+
+
+def test_ceiling_cells_hold_the_working_set():
+    """The ceiling: none and the matrix's last LMCache profile, each with vLLM's cache at 1.25x
+    the working set in whole blocks (never below what vLLM has); the switch sets the blocks."""
+    assert bench_ceiling.ample_blocks(66_176, 128, 16_384) == 647  # ceil(82,720 / 128)
+    assert bench_ceiling.ample_blocks(1_000, 128, 16_384) == 128  # already holds it
+    o = BenchOptions(profiles=("none", "kv", "dram"))
+    cs = bench_ceiling.ceiling_cells(o, 647)
+    assert [c.label for c in cs] == ["none, ample vLLM cache", "dram, ample vLLM cache"]
+    assert cs[1].extra_vars() == {"tier_profile": "dram", "vllm_num_kv_blocks": 647}
+    assert [c.label for c in bench_ceiling.ceiling_cells(BenchOptions(profiles=("none",)), 9)] == [
+        "none, ample vLLM cache"
+    ]
+    assert Cell("kv", 256).extra_vars() == {"tier_profile": "kv", "lmcache_chunk_size": 256}
+
+
+def test_ceiling_and_overhead_targets(tmp_path):
+    """kv at 250 tokens per window against a ceiling of 400: 0.625 of it, missed; kv with ample
+    cache at 390 against none with ample cache at 400: overhead 0.975, met at >= 0.95."""
+    for name, tokens in (("none", 100), ("kv", 250), ("ceil", 400), ("kvceil", 390)):
+        _steady(tmp_path / f"runs/{name}.jsonl", tokens)
+
+    def entry(profile: str, name: str, tps: float) -> dict:
+        return {
+            "profile": profile,
+            "load": "c4",
+            "summary": {"total_tokens_per_s": tps, "failed": 0, "unsent": 0},
+            "repeats": [{"repeat": 0, "file": f"runs/{name}.jsonl", "wall_s": 10.0, "meta": {}}],
+        }
+
+    results = {
+        "plan": {"profiles": ["none", "kv"], "loads": ["c4"], "ceiling": ["x"]},
+        "ceiling": {"kv_blocks": 647, "tokens": 82_816, "top": "kv"},
+        "runs": [
+            entry("none", "none", 400.0),
+            entry("kv", "kv", 1000.0),
+            entry("none, ample vLLM cache", "ceil", 1600.0),
+            entry("kv, ample vLLM cache", "kvceil", 1560.0),
+        ],
+    }
+    t = {x["name"]: x for x in bench.targets(results, 4.0, tmp_path)}
+    of = t["tokens/s kv vs the ceiling"]
+    assert of["value"] == pytest.approx(0.625) and of["hi"] == pytest.approx(0.625)
+    assert report.evaluate_target(of)["status"] == "missed" and "647 blocks" in of["detail"]
+    over = t["LMCache overhead: tokens/s kv vs none, both with ample vLLM cache"]
+    assert over["value"] == pytest.approx(0.975) and report.evaluate_target(over)["status"] == "met"
+    results["plan"]["ceiling"] = []
+    assert not [n for n in (x["name"] for x in bench.targets(results, 4.0, tmp_path)) if "ceiling" in n]

@@ -26,23 +26,32 @@ MiB = 1 << 20
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float8_e4m3fn": 1}
 
 
+#: the label suffix of a cell whose vLLM cache holds the whole working set (the ceiling)
+AMPLE = ", ample vLLM cache"
+
+
 @dataclass(frozen=True)
 class Cell:
-    """A stack configuration to measure: tier profile and (optionally) LMCache chunk size."""
+    """A stack configuration to measure: tier profile, (optionally) LMCache chunk size, and
+    (optionally) vLLM's own cache in blocks (``vllm_num_kv_blocks``; the ceiling's cells)."""
 
     profile: str
     chunk: int | None = None
+    kv_blocks: int | None = None
 
     @property
     def label(self) -> str:
         """The report's profile column."""
-        return self.profile if self.chunk is None else f"{self.profile} chunk={self.chunk}"
+        label = self.profile if self.chunk is None else f"{self.profile} chunk={self.chunk}"
+        return label + (AMPLE if self.kv_blocks else "")
 
     def extra_vars(self) -> dict[str, Any]:
         """``-e`` values of site.yml for this cell."""
         ev: dict[str, Any] = {"tier_profile": self.profile}
         if self.chunk is not None:
             ev["lmcache_chunk_size"] = self.chunk
+        if self.kv_blocks:
+            ev["vllm_num_kv_blocks"] = self.kv_blocks
         return ev
 
 

@@ -57,6 +57,48 @@ def load_config(ctx: Context, load: Load, seed: int) -> loadgen.LoadConfig:
     )
 
 
+def measure_cell(ctx: Context, cell: Cell, rep: int, i: int, of: int) -> None:
+    """Cell *i* of *of*: switch the node to *cell*, warm up, then one measured run per load level."""
+    ctx.switch_to(cell)
+    stack.wait_healthy(ctx.vllm)
+    workload.warm_up(ctx.vllm, ctx.tok, ctx.o.warmup, ctx.seed("warm-up", cell.label, rep))
+    sources, kinds = stack.metric_sources(ctx.ep, [ctx.node], lmcache=cell.profile != "none")
+    for j, load in enumerate(ctx.loads):
+        label = f"[{i * len(ctx.loads) + j + 1}/{of * len(ctx.loads)}] {cell.label} {load.label}"
+        measure_one(ctx, cell, rep, load, label, sources, kinds, ctx.seed("run", cell.label, rep, j))
+
+
+def measure_one(
+    ctx: Context, cell: Cell, rep: int, load: Load, label: str, sources, kinds, seed: int
+) -> None:
+    """One measured run of *cell* at *load*, stored in results.json."""
+    wl = workload.build_workload(ctx.o, ctx.tok, ctx.kv_tokens, seed)
+    if not stack.reset_prefix_cache(ctx.vllm):
+        ctx.res.note_missing(f"{cell.label}: vLLM's prefix cache not emptied before a run (reset refused)")
+    lc = load_config(ctx, load, seed)
+    mr = measured_run(
+        wl.conversations, lc, sources, loadgen.log_progress(label, every=max(10, wl.requests // 10))
+    )
+    ctx.res.note_missing(*(f"counters: {e}" for e in mr.errors))
+    entry = ctx.res.add_run(
+        cell.label,
+        load.label,
+        rep,
+        mr.out.records,
+        mr.out.wall_time_s,
+        {**mr.out.meta(), "load": lc.to_dict()},
+        mr.deltas,
+        kinds,
+        mr.counters,
+        ctx.slo,
+    )
+    s = entry["summary"]
+    progress(
+        f"{label}: {s['total_tokens_per_s']:.0f} tok/s, "
+        f"TTFT P50 {1000 * (s['ttft']['p50'] or 0):.0f} ms, failed {s['failed']}, unsent {s['unsent']}"
+    )
+
+
 class MatrixStep:
     """Every cell of the schedule at every load level (a failure stops the run)."""
 
@@ -83,44 +125,7 @@ class MatrixStep:
             f"{ctx.sample.working_set_tokens:,} tokens = {w['kv_space_ratio']:.1f}x vLLM's KV space"
         )
         for i, (rep, cell) in enumerate(plan):
-            ctx.switch_to(cell)
-            stack.wait_healthy(ctx.vllm)
-            workload.warm_up(ctx.vllm, ctx.tok, ctx.o.warmup, ctx.seed("warm-up", i))
-            sources, kinds = stack.metric_sources(ctx.ep, [ctx.node], lmcache=cell.profile != "none")
-            for j, load in enumerate(ctx.loads):
-                label = (
-                    f"[{i * len(ctx.loads) + j + 1}/{len(plan) * len(ctx.loads)}] {cell.label} {load.label}"
-                )
-                self._one(ctx, cell, rep, load, label, sources, kinds, ctx.seed("run", i, j))
+            measure_cell(ctx, cell, rep, i, len(plan))
             if ctx.o.probe and cell.profile == "kv" and cell.label not in ctx.res.data["ttft_probes"]:
                 with ctx.optional(f"TTFT probe ({cell.label})"):
                     probe_here(ctx, cell.label)
-
-    @staticmethod
-    def _one(ctx: Context, cell: Cell, rep: int, load: Load, label: str, sources, kinds, seed: int) -> None:
-        """One measured run of *cell* at *load*, stored in results.json."""
-        wl = workload.build_workload(ctx.o, ctx.tok, ctx.kv_tokens, seed)
-        if not stack.reset_prefix_cache(ctx.vllm):
-            ctx.res.note_missing("vLLM prefix cache not emptied between runs (no dev-mode endpoint)")
-        lc = load_config(ctx, load, seed)
-        mr = measured_run(
-            wl.conversations, lc, sources, loadgen.log_progress(label, every=max(10, wl.requests // 10))
-        )
-        ctx.res.note_missing(*(f"counters: {e}" for e in mr.errors))
-        entry = ctx.res.add_run(
-            cell.label,
-            load.label,
-            rep,
-            mr.out.records,
-            mr.out.wall_time_s,
-            {**mr.out.meta(), "load": lc.to_dict()},
-            mr.deltas,
-            kinds,
-            mr.counters,
-            ctx.slo,
-        )
-        s = entry["summary"]
-        progress(
-            f"{label}: {s['total_tokens_per_s']:.0f} tok/s, "
-            f"TTFT P50 {1000 * (s['ttft']['p50'] or 0):.0f} ms, failed {s['failed']}"
-        )

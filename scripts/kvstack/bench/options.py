@@ -193,6 +193,14 @@ class BenchOptions:
         default=True,
         metadata=meta("the tier-profile matrix (default on; --no-matrix runs only the other steps)", None),
     )
+    ceiling: bool = field(
+        default=True,
+        metadata=meta(
+            "the ceiling: none, and the last LMCache profile, with vLLM's own cache sized to hold the "
+            "working set (default on with the matrix; --no-ceiling)",
+            None,
+        ),
+    )
     switch: bool = field(
         default=True,
         metadata=meta(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvstack import dynamo_bench, report, stack
+from kvstack.bench.ceiling import CeilingStep
 from kvstack.bench.context import Context
 from kvstack.bench.engines import DatapathStep, RocksdbStep
 from kvstack.bench.matrix import MatrixStep
@@ -20,6 +21,7 @@ from kvstack.log import brief, progress
 #: in the order they run
 STEPS: tuple[Step, ...] = (
     MatrixStep(),
+    CeilingStep(),
     ProbeStep(),
     DatapathStep(),
     RocksdbStep(),
