@@ -72,6 +72,8 @@ class LoadConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
     #: set from another thread: no further request starts (a drill whose action has ended)
     stop: threading.Event | None = None
+    #: keep every prompt as sent (``RunResult.sent``: for another client to replay them)
+    keep_prompts: bool = False
 
     def __post_init__(self) -> None:
         if self.mode == "closed" and self.concurrency < 1:
@@ -106,7 +108,7 @@ class LoadConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings for a run's results, the API key left out."""
-        d = {k: v for k, v in self.__dict__.items() if k != "api_key"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("api_key", "stop")}
         d["api_key_set"] = bool(self.api_key)
         return d
 
@@ -123,6 +125,8 @@ class RunResult:
     conversations_aborted: int
     #: turns of aborted conversations that were never sent
     turns_unsent: int = 0
+    #: with ``keep_prompts``: each request as sent, in order (conversation, turn, prompt, max_tokens)
+    sent: list[dict[str, Any]] = field(default_factory=list)
 
     def meta(self) -> dict[str, Any]:
         """JSON-ready description of the run without its records (those go to JSONL)."""
@@ -248,6 +252,7 @@ class _Runner:
         self.started = 0
         self.aborted = 0
         self.unsent = 0
+        self.sent_prompts: list[dict[str, Any]] = []
         self.stopped_by = "workload done"
         planned = sum(len(c.turns) for c in conversations)
         self.planned = min(planned, cfg.max_requests) if cfg.max_requests is not None else planned
@@ -283,8 +288,13 @@ class _Runner:
         if not self.may_send():
             return False
         turn = conv.turns[i]
+        prompt = conv.prompt(i, answers)
+        if self.cfg.keep_prompts:
+            self.sent_prompts.append(
+                {"conversation": conv.id, "turn": i, "prompt": prompt, "max_tokens": turn.max_tokens}
+            )
         rec, text = await send_request(
-            session, self.cfg, conv.prompt(i, answers), turn.max_tokens, conversation=conv.id, turn=i
+            session, self.cfg, prompt, turn.max_tokens, conversation=conv.id, turn=i
         )
         self.records.append(rec)
         if self.progress:
@@ -392,6 +402,7 @@ async def run_load(
         conversations_started=runner.started,
         conversations_aborted=runner.aborted,
         turns_unsent=runner.unsent,
+        sent=runner.sent_prompts,
     )
 
 

@@ -343,6 +343,32 @@ def _config_tables(runs: Sequence[Mapping[str, Any]], per: str) -> tuple[list[li
     return summary, nodes
 
 
+def _crosscheck_table(results: ResultsJson) -> dict[str, Any] | None:
+    """AIPerf beside our client: one row per figure, and the server's own mean TTFT of both runs."""
+    cc = results.get("crosscheck")
+    if not cc:
+        return None
+    rows = [
+        [
+            r["figure"],
+            fmt(_ms(r["ours_s"])),
+            fmt(_ms(r["aiperf_s"])),
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            "yes" if r["agree"] else "**no**",
+        ]
+        for r in cc["rows"]
+    ]
+    server = cc.get("server_ttft_mean_s") or {}
+    return {
+        **cc,
+        "table": rows,
+        "all_agree": all(r["agree"] for r in cc["rows"]),
+        "server_ours_ms": fmt(_ms(server.get("ours"))),
+        "server_aiperf_ms": fmt(_ms(server.get("aiperf"))),
+        "client_ms": fmt(_ms(cc.get("client_ttft_mean_s"))),
+    }
+
+
 def _routing_tables(results: ResultsJson) -> dict[str, Any] | None:
     """Routing runs: per configuration and per serving node."""
     routing = results.get("routing") or {}
@@ -400,6 +426,7 @@ def context(results: ResultsJson, images: dict[str, str] | None = None) -> dict[
         "kv": _kv_table(results),
         "rocksdb": _rocksdb_table(results),
         "probe": _probe_table(results),
+        "crosscheck": _crosscheck_table(results),
         "probes": _probes_table(results),
         "routing": _routing_tables(results),
         "dynamo": _dynamo_tables(results),

@@ -196,6 +196,29 @@ class Ceiling(TypedDict):
     top: str | None
 
 
+class CrossCheckRow(TypedDict):
+    """``crosscheck.rows[]``: one figure (TTFT/TPOT at P50/P95), ours and AIPerf's in seconds."""
+
+    figure: str
+    ours_s: float | None
+    aiperf_s: float | None
+    ratio: float | None
+    agree: bool
+
+
+class CrossCheck(TypedDict):
+    """``crosscheck`` (:mod:`kvstack.bench.crosscheck`): AIPerf replaying our client's requests."""
+
+    profile: str
+    users: int
+    requests: dict[str, int]
+    failed: dict[str, int]
+    rows: list[CrossCheckRow]
+    aiperf_version: NotRequired[str | None]
+    server_ttft_mean_s: NotRequired[dict[str, float | None]]
+    client_ttft_mean_s: NotRequired[float | None]
+
+
 class Workload(TypedDict):
     """``workload``: :meth:`kvstack.workloads.Workload.summary` and vLLM's KV space."""
 
@@ -259,6 +282,7 @@ class ResultsJson(TypedDict):
     # the context (kvstack.bench.context)
     workload: NotRequired[Workload]
     ceiling: NotRequired[Ceiling]
+    crosscheck: NotRequired[CrossCheck]
     #: bytes of one LMCache chunk of the served model
     chunk_bytes: NotRequired[int]
     #: seconds each switch of the serving node took

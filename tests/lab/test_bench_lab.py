@@ -21,9 +21,11 @@ USERS, ROUNDS = 8, 2
 
 
 @pytest.fixture(scope="module")
-def bench_run(up_lab, tmp_path_factory):
-    """One small bench run: none and kv, the probe, data path and RocksDB."""
+def bench_run(up_lab, tmp_path_factory, request):
+    """One small bench run: none and kv, the ceiling, the probe, data path and RocksDB (and the
+    AIPerf cross-check with --aiperf)."""
     opts = bench.BenchOptions(
+        crosscheck=request.config.getoption("--aiperf"),
         profiles=("none", "kv"),
         users=USERS,
         rounds=ROUNDS,
@@ -116,6 +118,20 @@ def test_datapath_and_rocksdb_rows(bench_run):
     ):
         t = names[name]
         assert t["value"] is not None and t["lo"] <= t["hi"] and t["samples"] == [10, 10]
+
+
+def test_aiperf_replayed_every_request(bench_run, request):
+    """AIPerf sent the same requests and served them all; the figures it measured are in the
+    report beside ours (agreement is the report's to state, not this test's)."""
+    if not request.config.getoption("--aiperf"):
+        pytest.skip("the AIPerf cross-check runs with --aiperf")
+    out, res = bench_run
+    cc = res["crosscheck"]
+    assert cc["requests"]["ours"] == cc["requests"]["aiperf"] == USERS * ROUNDS
+    assert cc["failed"] == {"ours": 0, "aiperf": 0}
+    assert all(r["ours_s"] and r["aiperf_s"] for r in cc["rows"])
+    assert all(v for v in cc["server_ttft_mean_s"].values())
+    assert "## Cross-check with AIPerf" in (out / "report.md").read_text()
 
 
 def test_report_and_raw_data_written(bench_run):

@@ -449,14 +449,17 @@ def test_every_step_follows_the_protocol():
     for step in bench.STEPS:
         assert isinstance(step.name, str) and isinstance(step.optional, bool)
         assert callable(step.enabled) and callable(step.planned) and callable(step.run)
-    o = BenchOptions(probe=False, datapath=False, rocksdb=False, routing=False)
+    o = BenchOptions(probe=False, datapath=False, rocksdb=False, routing=False, crosscheck=False)
     assert [s.name for s in bench.STEPS if s.enabled(o)] == ["matrix", "ceiling"]
-    o = BenchOptions(probe=False, datapath=False, rocksdb=False, routing=False, ceiling=False)
+    o = BenchOptions(
+        probe=False, datapath=False, rocksdb=False, routing=False, ceiling=False, crosscheck=False
+    )
     assert [s.name for s in bench.STEPS if s.enabled(o)] == ["matrix"]
     assert [s.name for s in bench.STEPS if s.enabled(BenchOptions(matrix=False, dynamo=True))] == [
         "TTFT probe",
         "KV data path",
         "RocksDB engine bench",
+        "AIPerf cross-check",
         "routing",
         "dynamo",
     ]

@@ -193,6 +193,14 @@ class BenchOptions:
         default=True,
         metadata=meta("the tier-profile matrix (default on; --no-matrix runs only the other steps)", None),
     )
+    crosscheck: bool = field(
+        default=True,
+        metadata=meta(
+            "AIPerf replays one run's requests in profile none; its TTFT/TPOT beside ours "
+            "(default on; installs AIPerf into .venv-aiperf on first use; --no-crosscheck)",
+            None,
+        ),
+    )
     ceiling: bool = field(
         default=True,
         metadata=meta(

@@ -8,6 +8,7 @@ from pathlib import Path
 from kvstack import dynamo_bench, report, stack
 from kvstack.bench.ceiling import CeilingStep
 from kvstack.bench.context import Context
+from kvstack.bench.crosscheck import CrossCheckStep
 from kvstack.bench.engines import DatapathStep, RocksdbStep
 from kvstack.bench.matrix import MatrixStep
 from kvstack.bench.options import BenchOptions, validate
@@ -25,6 +26,7 @@ STEPS: tuple[Step, ...] = (
     ProbeStep(),
     DatapathStep(),
     RocksdbStep(),
+    CrossCheckStep(),
     routing_step(),
     dynamo_step(),
 )

@@ -1,0 +1,135 @@
+"""The independent cross-check: AIPerf replays the requests our client sent, against the same vLLM in
+profile ``none``, and the report sets its TTFT and TPOT P50/P95 beside ours, with vLLM's own
+(server-side) mean TTFT of both runs.
+
+Both runs start from an emptied vLLM prefix cache on a node without LMCache, so they meet the same
+cache state; our client runs the conversations closed-loop, each user one conversation to its
+end, which is how AIPerf runs sessions (``--concurrency`` sessions at a time), so both offer the
+same load. They agree when every compared figure is within :data:`AGREE` of ours; where they do
+not, the report shows by how much (and a run with failures says so)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kvstack import aiperf, loadgen, stack
+from kvstack import metrics as m
+from kvstack.bench import workload
+from kvstack.bench.context import Cell, Context
+from kvstack.bench.options import BenchOptions
+from kvstack.log import progress
+from kvstack.stats import summarize
+
+#: AIPerf's figure / ours within 1 +- this
+AGREE = 0.15
+
+
+def server_ttft(deltas: dict[str, dict[str, float]]) -> float | None:
+    """vLLM's own mean TTFT over a run (its histogram's sum / count deltas), in seconds."""
+    vd = deltas.get("vllm", {})
+    n = m.total(vd, "vllm:time_to_first_token_seconds_count")
+    return m.total(vd, "vllm:time_to_first_token_seconds_sum") / n if n else None
+
+
+def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per compared figure (:data:`kvstack.aiperf.METRICS` x :data:`~kvstack.aiperf.STATS`): both
+    values in seconds, AIPerf's over ours, and whether that is within :data:`AGREE`."""
+    rows = []
+    for metric in aiperf.METRICS.values():
+        for stat in aiperf.STATS:
+            a, b = ours[metric][stat], theirs[metric][stat]
+            ratio = b / a if a and b is not None else None
+            rows.append(
+                {
+                    "figure": f"{metric.upper()} {stat.upper()}",
+                    "ours_s": a,
+                    "aiperf_s": b,
+                    "ratio": ratio,
+                    "agree": ratio is not None and abs(ratio - 1) <= AGREE,
+                }
+            )
+    return rows
+
+
+def _measured(ctx: Context, sources: list[m.Source], run: Any) -> tuple[Any, dict[str, dict[str, float]]]:
+    """*run()* with vLLM's prefix cache emptied before and the counters read around it."""
+    if not stack.reset_prefix_cache(ctx.vllm):
+        raise RuntimeError("vLLM refused to empty its prefix cache before a cross-check run")
+    before = m.snapshot_all(sources)
+    out = run()
+    deltas, _ = m.deltas_between(before, m.snapshot_all(sources))
+    return out, deltas
+
+
+def _tokenizer_dir(ctx: Context) -> Path:
+    """The served model's tokenizer files, fetched from the node into the results directory."""
+    tdir = ctx.res.dir / "tokenizer"
+    tdir.mkdir(exist_ok=True)
+    with stack.connection(ctx.ep, ctx.node) as c:
+        for name in aiperf.TOKENIZER_FILES:
+            c.get(f"{ctx.vllm['model_path']}/{name}", str(tdir / name))
+    return tdir
+
+
+class CrossCheckStep:
+    """Our client, then AIPerf, on the same requests (profile ``none``)."""
+
+    name = "AIPerf cross-check"
+    optional = True
+
+    def enabled(self, o: BenchOptions) -> bool:
+        return o.crosscheck
+
+    def planned(self, ctx: Context) -> dict[str, Any]:
+        return {"crosscheck": ctx.o.crosscheck}
+
+    def run(self, ctx: Context) -> None:
+        exe = aiperf.ensure(log=ctx.res.dir / "aiperf.log")
+        ctx.switch_to(Cell("none"))
+        stack.wait_healthy(ctx.vllm)
+        workload.warm_up(ctx.vllm, ctx.tok, ctx.o.warmup, ctx.seed("warm-up", "crosscheck"))
+        users = max(int(x.value) for x in ctx.loads if x.mode == "closed") if ctx.loads else 4
+        wl = workload.build_workload(ctx.o, ctx.tok, ctx.kv_tokens, ctx.seed("crosscheck"))
+        sources = [stack.vllm_source(ctx.vllm, "vllm")]
+        lc = loadgen.LoadConfig(
+            ctx.vllm["url"],
+            ctx.vllm["model"],
+            concurrency=users,
+            api_key=ctx.vllm.get("api_key") or None,
+            keep_prompts=True,
+        )
+        ours, d_ours = _measured(ctx, sources, lambda: loadgen.run(wl.conversations, lc))
+        s = summarize(ours.records, wall_time_s=ours.wall_time_s, unsent=ours.turns_unsent).to_dict()
+        data = ctx.res.dir / "aiperf-dataset.jsonl"
+        data.write_text(aiperf.dataset(ours.sent, {"ignore_eos": True, "temperature": 0}))
+        art = ctx.res.dir / "aiperf"
+        shutil.rmtree(art, ignore_errors=True)
+        cmd = aiperf.command(
+            exe,
+            url=ctx.vllm["url"],
+            model=ctx.vllm["model"],
+            tokenizer=_tokenizer_dir(ctx),
+            concurrency=users,
+            sessions=len(wl.conversations),
+            input_file=data,
+            artifact_dir=art,
+            api_key=ctx.vllm.get("api_key") or None,
+        )
+        progress(f"AIPerf {aiperf.VERSION}: replaying {len(ours.sent)} requests, {users} sessions at a time")
+        _, d_theirs = _measured(ctx, sources, lambda: aiperf.run(cmd, ctx.res.dir / "aiperf.log", 1800))
+        theirs = aiperf.read_summary(art)
+        ctx.res.put(
+            "crosscheck",
+            {
+                "profile": "none",
+                "users": users,
+                "requests": {"ours": s["requests"], "aiperf": theirs["requests"]},
+                "failed": {"ours": s["failed"] + s["unsent"], "aiperf": theirs["errors"]},
+                "aiperf_version": theirs["version"],
+                "rows": compare(s, theirs),
+                "server_ttft_mean_s": {"ours": server_ttft(d_ours), "aiperf": server_ttft(d_theirs)},
+                "client_ttft_mean_s": s["ttft"]["mean"],
+            },
+        )

@@ -1,0 +1,96 @@
+"""AIPerf as the cross-check's second client: the dataset it replays (our prompts, in our order),
+its command line, its summary read back in seconds, and the comparison rows. (Its run against
+vLLM is the bench lab test's, with --aiperf.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvstack import aiperf
+from kvstack.bench import crosscheck
+
+SENT = [
+    {"conversation": "u1", "turn": 0, "prompt": "a", "max_tokens": 4},
+    {"conversation": "u0", "turn": 0, "prompt": "b", "max_tokens": 4},
+    {"conversation": "u1", "turn": 1, "prompt": "a 1 c", "max_tokens": 8},
+    {"conversation": "u0", "turn": 1, "prompt": "b 2 d", "max_tokens": 8},
+]
+
+
+def test_dataset_groups_each_conversation_in_turn_order():
+    lines = [json.loads(x) for x in aiperf.dataset(SENT, {"ignore_eos": True}).splitlines()]
+    assert [(x["session_id"], x["text"], x["output_length"]) for x in lines] == [
+        ("u1", "a", 4),
+        ("u1", "a 1 c", 8),
+        ("u0", "b", 4),
+        ("u0", "b 2 d", 8),
+    ]
+    assert all(x["extra"] == {"ignore_eos": True} for x in lines)
+    assert "extra" not in json.loads(aiperf.dataset(SENT[:1]).splitlines()[0])
+
+
+def test_command_replays_the_file_with_server_token_counts(tmp_path):
+    cmd = aiperf.command(
+        tmp_path / "aiperf",
+        url="http://10.0.0.1:8000",
+        model="tiny",
+        tokenizer=tmp_path,
+        concurrency=4,
+        sessions=8,
+        input_file=tmp_path / "d.jsonl",
+        artifact_dir=tmp_path / "out",
+        api_key="sekret",
+    )
+    flags = dict(zip(cmd[2::2], cmd[3::2], strict=False))
+    assert cmd[1] == "profile" and "--streaming" in cmd and "--use-server-token-count" in cmd
+    assert cmd[cmd.index("--endpoint-type") + 1] == "completions"
+    assert cmd[cmd.index("--custom-dataset-type") + 1] == "single_turn"
+    assert cmd[cmd.index("--conversation-num") + 1] == "8" and cmd[cmd.index("--concurrency") + 1] == "4"
+    assert cmd[cmd.index("--api-key") + 1] == "sekret" and flags.get("--model") == "tiny"
+
+
+def test_run_logs_the_command_without_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE" not in aiperf.environment()  # AIPerf 0.13.0 misreads local paths with it
+    log = tmp_path / "aiperf.log"
+    aiperf.run(["/bin/sh", "-c", "echo ran", "--api-key", "sekret"], log, 30)
+    text = log.read_text()
+    assert "sekret" not in text and "--api-key ***" in text and "ran" in text
+    with pytest.raises(aiperf.AiperfError, match="exited 3"):
+        aiperf.run(["/bin/sh", "-c", "exit 3"], log, 30)
+
+
+def test_summary_in_seconds_and_the_comparison(tmp_path):
+    doc = {
+        "aiperf_version": "0.13.0",
+        "time_to_first_token": {"unit": "ms", "p50": 110.0, "p95": 300.0},
+        "inter_token_latency": {"unit": "ms", "p50": 20.0, "p95": 40.0},
+        "request_count": {"unit": "requests", "avg": 16.0},
+        "error_summary": [{"error_details": {"code": 500}, "count": 2}],
+    }
+    (tmp_path / "profile_export_aiperf.json").write_text(json.dumps(doc))
+    theirs = aiperf.read_summary(tmp_path)
+    assert theirs["ttft"] == {"p50": pytest.approx(0.11), "p95": pytest.approx(0.3)}
+    assert theirs["tpot"]["p95"] == pytest.approx(0.04)
+    assert (theirs["requests"], theirs["errors"], theirs["version"]) == (16, 2, "0.13.0")
+    ours = {"ttft": {"p50": 0.1, "p95": 0.2}, "tpot": {"p50": 0.02, "p95": 0.04}}
+    rows = {r["figure"]: r for r in crosscheck.compare(ours, theirs)}
+    assert rows["TTFT P50"]["ratio"] == pytest.approx(1.1) and rows["TTFT P50"]["agree"]
+    assert rows["TTFT P95"]["ratio"] == pytest.approx(1.5) and not rows["TTFT P95"]["agree"]
+    assert rows["TPOT P95"]["agree"] and len(rows) == 4
+    with pytest.raises(aiperf.AiperfError, match=r"no profile_export_aiperf\.json"):
+        aiperf.read_summary(tmp_path / "nowhere")
+    doc["time_to_first_token"]["unit"] = "tokens"
+    (tmp_path / "profile_export_aiperf.json").write_text(json.dumps(doc))
+    with pytest.raises(aiperf.AiperfError, match="not a time unit"):
+        aiperf.read_summary(tmp_path)
+
+
+def test_server_ttft_mean_from_vllms_histogram():
+    d = {
+        "vllm": {"vllm:time_to_first_token_seconds_sum": 3.0, "vllm:time_to_first_token_seconds_count": 12.0}
+    }
+    assert crosscheck.server_ttft(d) == pytest.approx(0.25)
+    assert crosscheck.server_ttft({"vllm": {}}) is None
