@@ -11,7 +11,8 @@ as is; ``--keep-lab`` leaves a lab this session started running afterwards; ``--
 the end-to-end tests that install NVIDIA Dynamo on the lab and bench it (optional like Dynamo
 itself: about 20 more minutes, which the default run leaves out to fit CI's time);
 ``--aiperf`` adds the bench's AIPerf cross-check to the bench lab test (AIPerf installed into
-``.venv-aiperf`` on first use); ``--pinned-set`` adds pip's resolution of vLLM's whole CUDA set (about 4 GB downloaded per Python).
+``.venv-aiperf`` on first use); ``--pinned-set`` adds pip's resolution of vLLM's whole CUDA set
+(about 4 GB downloaded per Python).
 """
 
 from __future__ import annotations
