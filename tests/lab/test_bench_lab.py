@@ -98,6 +98,8 @@ def test_datapath_and_rocksdb_rows(bench_run):
         for path in (
             "raw RESP SET",
             "raw RESP GET (reused buffer)",
+            "raw RESP SET (parallel, pipelined)",
+            "raw RESP GET (parallel, pipelined)",
             "LMCache L2 store",
             "LMCache L2 retrieve",
         ):

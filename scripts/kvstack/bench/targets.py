@@ -151,7 +151,12 @@ def datapath_target(results: ResultsJson) -> Target:
         target=TARGETS["l2_vs_raw"],
         op=">=",
         unit="x",
-        detail=f"value {report.fmt_bytes(size)} (one LMCache chunk of this model)" if size else "",
+        detail=(
+            f"value {report.fmt_bytes(size)} (one LMCache chunk of this model); the raw client with "
+            "LMCache's connections and batching, pipelined"
+            if size
+            else ""
+        ),
     )
 
 

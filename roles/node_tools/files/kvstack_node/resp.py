@@ -218,6 +218,10 @@ class RespClient:
                 dropped first, so the connection stays usable).
         """
         self.sock.sendall(self._header([b"GET", _b(key)]))
+        return self._read_bulk_into(key, buf)
+
+    def _read_bulk_into(self, key: str | bytes, buf: bytearray | memoryview) -> int | None:
+        """Read one GET reply into *buf* (see :meth:`get_into`)."""
         line = self._readline()
         kind, rest = line[:1], line[1:]
         if kind == b"-":
@@ -235,6 +239,31 @@ class RespClient:
         self._read_exact_into(dst[:n])
         self._skip_crlf()
         return n
+
+    def get_many_into(
+        self, keys: Sequence[str | bytes], bufs: Sequence[bytearray | memoryview]
+    ) -> list[int | None]:
+        """Pipelined ``GET``: every command sent at once, then each reply read into its buffer, in
+        order (a reply that does not fit raises, leaving the rest unread: close the client)."""
+        self.sock.sendall(b"".join(self._header([b"GET", _b(k)]) for k in keys))
+        return [self._read_bulk_into(k, b) for k, b in zip(keys, bufs, strict=True)]
+
+    def set_many(self, keys: Sequence[str | bytes], value: Buffer) -> None:
+        """Pipelined ``SET`` of *value* under each key: every command sent (header, value and CRLF
+        gathered, no copy), then every reply read; raises after reading all of them if one was
+        not OK."""
+        mv = memoryview(value).cast("B")
+        for k in keys:
+            self._send_all([self._header([b"SET", _b(k)], len(mv)), mv, b"\r\n"])
+        replies: list[Any] = []
+        for _ in keys:
+            try:
+                replies.append(self._read_reply())
+            except RespError as e:  # read the rest first: the connection stays in step
+                replies.append(f"-{e}")
+        bad = [(k, r) for k, r in zip(keys, replies, strict=True) if r != "OK"]
+        if bad:
+            raise RespError(f"SET {bad[0][0]!r}: unexpected reply {bad[0][1]!r} ({len(bad)} of {len(keys)})")
 
     def get(self, key: str | bytes) -> bytes | None:
         """``GET key`` as new bytes (allocates; for checks, not for the bench)."""
