@@ -282,10 +282,16 @@ def snapshot_all(sources: Iterable[Source]) -> dict[str, Snapshot]:
     return {s.name: s.read() for s in sources}
 
 
+def resets(before: Snapshot, after: Snapshot) -> list[str]:
+    """The counters that went down between the snapshots (their source restarted)."""
+    return sorted(k for k, v in after.values.items() if k in after.counters and v < before.values.get(k, 0.0))
+
+
 def deltas_between(
     before: dict[str, Snapshot], after: dict[str, Snapshot]
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Per-source deltas, and the errors of sources that could not be read."""
+    """Per-source deltas, and notes: the errors of sources that could not be read, and sources
+    whose counters were reset during the run (a restart: their deltas count only from it)."""
     out, errors = {}, []
     for name, snap in after.items():
         prev = before.get(name)
@@ -294,6 +300,11 @@ def deltas_between(
             errors.append(err)
             continue
         out[name] = delta(prev, snap)  # type: ignore[arg-type]
+        if gone := resets(prev, snap):  # type: ignore[arg-type]
+            errors.append(
+                f"{name}: {len(gone)} counters went down during the run (restarted? e.g. {gone[0]}); "
+                "their deltas count from the restart only"
+            )
     return out, errors
 
 

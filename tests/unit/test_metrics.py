@@ -139,3 +139,15 @@ def test_deltas_between_reports_unreadable_sources():
     deltas, errors = m.deltas_between({"n": ok, "l": bad}, {"n": ok, "l": bad})
     assert set(deltas) == {"n"} and errors == ["lmcache@a: curl exit 7"]
     assert m.scrape("http://127.0.0.1:9/metrics").error  # nothing listens on the discard port
+
+
+def test_a_counter_reset_mid_run_is_said():
+    """A source restarted during the run: its deltas count from the restart, and the notes say so
+    (the report lists it), instead of a silently smaller figure."""
+    before = {"node@a": m.parse_prometheus(node(100, 50, 1000))}
+    after = {"node@a": m.parse_prometheus(node(130, 20, 5000))}
+    deltas, notes = m.deltas_between(before, after)
+    assert deltas["node@a"]['node_cpu_seconds_total{cpu="0",mode="user"}'] == 20
+    assert len(notes) == 1 and notes[0].startswith("node@a: 1 counters went down during the run")
+    assert 'mode="user"' in notes[0]
+    assert m.deltas_between(before, before)[1] == []  # no reset, no note
