@@ -307,6 +307,7 @@ def _rocksdb_table(results: ResultsJson) -> dict[str, Any] | None:
                 str(r.get("medium", "-")),
                 fmt_bytes(r.get("value_bytes")),
                 fmt(r.get("put_gb_per_s"), 2),
+                fmt(r.get("put_flush_gb_per_s"), 2),
                 fmt(r.get("get_gb_per_s"), 2),
                 fmt(r.get("put_p99_ms")),
                 f"{st.get('block_cache_hit', '-')} / {st.get('block_cache_miss', '-')}",

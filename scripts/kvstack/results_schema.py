@@ -78,6 +78,9 @@ class RocksdbRow(TypedDict):
     get_p50_ms: NotRequired[float | None]
     get_p99_ms: NotRequired[float | None]
     flush_s: NotRequired[float]
+    #: puts and their flush together (put_gb_per_s leaves the flush out)
+    put_flush_gb_per_s: NotRequired[float]
+    compactions_settled_s: NotRequired[float]
     cold_reads: NotRequired[bool]
     #: RocksDB's statistics and properties (block cache hits, read amplification, stalls, ...)
     stats: NotRequired[dict[str, Any]]

@@ -267,6 +267,26 @@ def _db_props(db: Any) -> dict[str, Any]:
     return out
 
 
+def settle_compactions(db: Any, timeout_s: float = 60.0, poll_s: float = 0.05) -> float:
+    """Wait until RocksDB runs and has pending no compaction (``rocksdb.num-running-compactions``,
+    ``rocksdb.compaction-pending``), so cold reads do not overlap one; the seconds waited.
+
+    Raises:
+        TimeoutError: compactions still ran after *timeout_s*.
+    """
+    t0 = time.perf_counter()
+    while True:
+        busy = [
+            db.property_int_value(p)
+            for p in ("rocksdb.num-running-compactions", "rocksdb.compaction-pending")
+        ]
+        if not any(busy):
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout_s:
+            raise TimeoutError(f"RocksDB compactions still running after {timeout_s:g} s")
+        time.sleep(poll_s)
+
+
 def drop_page_cache(directory: str) -> int:
     """Sync every file under *directory* and drop its pages from the page cache; returns the bytes
     advised. Other files on the machine keep their cache."""
@@ -320,7 +340,8 @@ def bench_rocksdb_one(
     memtables are flushed (timed as ``flush_s``, outside the put throughput) so gets read the
     files (SST or blob) through the block cache / page cache, as reads of older chunks do. The
     row's stats count the ``.blob`` and ``.sst`` files the directory held before removal. With
-    *cold_reads* the files are then synced and dropped from the page cache (``posix_fadvise``
+    *cold_reads* the files are then synced (after any compaction it started has finished:
+    :func:`settle_compactions`) and dropped from the page cache (``posix_fadvise``
     DONTNEED, this directory only), so a disk's gets read the disk; on tmpfs the page cache is the
     medium and stays.
     """
@@ -340,11 +361,12 @@ def bench_rocksdb_one(
                 t0 = time.perf_counter()
                 db.put(k, value)
                 put_t.append(time.perf_counter() - t0)
-            flush_s = 0.0
+            flush_s = settle_s = 0.0
             if flush_before_get:
                 t0 = time.perf_counter()
                 db.flush(True)
                 flush_s = time.perf_counter() - t0
+            settle_s = settle_compactions(db)
             if cold_reads:
                 drop_page_cache(d)
             after_put = parse_rocksdb_statistics(opts.get_statistics())
@@ -367,12 +389,15 @@ def bench_rocksdb_one(
         "value_bytes": value_bytes,
         "n": n,
         "put_gb_per_s": _gbps(value_bytes * n, sum(put_t)),
+        # what the writes cost once they are on the medium: the puts and the flush together
+        "put_flush_gb_per_s": _gbps(value_bytes * n, sum(put_t) + flush_s),
         "get_gb_per_s": _gbps(value_bytes * n, sum(get_t)),
         "put_p50_ms": _latency_cols(put_t)["p50_ms"],
         "put_p99_ms": _latency_cols(put_t)["p99_ms"],
         "get_p50_ms": _latency_cols(get_t)["p50_ms"],
         "get_p99_ms": _latency_cols(get_t)["p99_ms"],
         "flush_s": flush_s,
+        "compactions_settled_s": settle_s,
         "cold_reads": cold_reads,
         "stats": stats,
         "unmapped": unmapped,

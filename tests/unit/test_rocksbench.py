@@ -87,6 +87,7 @@ def test_run_rocksdb_rows_and_blob_files(tmp_path: Path) -> None:
     for r in rows:
         assert r["medium"] == "disk"
         assert r["put_gb_per_s"] > 0 and r["get_gb_per_s"] > 0 and r["put_p99_ms"] > 0
+        assert r["put_gb_per_s"] >= r["put_flush_gb_per_s"] > 0 and r["compactions_settled_s"] >= 0
         st = r["stats"]
         assert st["bytes_returned"] == 4 * r["value_bytes"]
         assert st["bytes_read_per_byte_returned"] >= 1.0  # flushed: every value read from a file
@@ -136,6 +137,7 @@ def test_report_rocksdb_section(tmp_path: Path) -> None:
             "value_bytes": 1 << 20,
             "n": 4,
             "put_gb_per_s": 0.3,
+            "put_flush_gb_per_s": 0.25,
             "get_gb_per_s": 1.2,
             "put_p99_ms": 12.5,
             "stats": {
@@ -153,7 +155,7 @@ def test_report_rocksdb_section(tmp_path: Path) -> None:
     results = {"runs": [], "rocksdb": rows}
     md = report.render_markdown(results)
     assert "### RocksDB engine (Kvrocks tuning profiles)" in md
-    assert "| `dram` | tmpfs | 1 MiB | 0.30 | 1.20 | 12.5 | 3 / 1 | 1.00 | 0.0 | 0 |" in md
+    assert "| `dram` | tmpfs | 1 MiB | 0.30 | 0.25 | 1.20 | 12.5 | 3 / 1 | 1.00 | 0.0 | 0 |" in md
     assert "delayed_write_rate" in md
     assert md.index("## KV data path") < md.index("### RocksDB engine") < md.index("## Missing")
     images = report.write_plots(results, tmp_path)
