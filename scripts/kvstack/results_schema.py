@@ -121,6 +121,8 @@ class RoutingRun(TypedDict):
     nodes: NotRequired[int]
     backend_hosts: NotRequired[list[str]]
     policy: NotRequired[str]
+    #: "inventory" (the inventory's tier profile) or "vLLM cache only" (profile none)
+    tier: NotRequired[str]
     file: NotRequired[str]
     counter_errors: NotRequired[list[str]]
 
@@ -142,6 +144,8 @@ class Routing(TypedDict):
     switch_s: NotRequired[list[float]]
     #: None until both two-node configurations ran
     target: NotRequired[RoutingTarget | None]
+    #: the same, every serving node on profile none (vLLM's own cache only)
+    target_without_tier: NotRequired[RoutingTarget | None]
 
 
 class DynamoRun(TypedDict):

@@ -116,6 +116,16 @@ def log_run(kind: str, label: str, summary: dict[str, Any], per: dict[str, NodeS
     )
 
 
+#: the label suffix of the configurations run with every serving node on profile none
+NO_TIER = "vLLM cache only"
+
+
+def labelled(config: str, tier: str) -> str:
+    """A configuration's label in results.json: *config*, with the tier setup when not the
+    inventory's (``2 nodes cache_aware, vLLM cache only``)."""
+    return f"{config}, {tier}" if tier else config
+
+
 def run_config(
     label: str,
     conversations: list,
@@ -125,13 +135,18 @@ def run_config(
     nodes: list[str],
     out_dir: Path,
     slo: SLO,
+    tier: str = "",
 ) -> RoutingRun:
-    """One measured run through the router; returns its entry for results.json."""
+    """One measured run of configuration *label* (of :data:`CONFIGS`) through the router, the
+    serving nodes on the inventory's tier profile (*tier* ""), or on ``none`` (*tier*
+    :data:`NO_TIER`, no LMCache to read); returns its entry for results.json."""
     vllms = {n: ep.vllm(n) for n in ep.serving}
     for v in vllms.values():
         wait_healthy(v)
         reset_prefix_cache(v)
-    sources, _ = metric_sources(ep, list(ep.serving), lmcache=True)
+    policy = CONFIGS[label][1]
+    label = labelled(label, tier)
+    sources, _ = metric_sources(ep, list(ep.serving), lmcache=not tier)
     sources.append(m.Source("router", "router", lambda: m.scrape(router.metrics_url, ("vllm_router_",))))
     run = measure.config_run("routing", label, conversations, lc, sources, out_dir, slo)
     nodes_seen = per_node(run.deltas, {n: vllms[n]["url"] for n in ep.serving})
@@ -140,7 +155,8 @@ def run_config(
         "config": label,
         "nodes": len(nodes),
         "backend_hosts": nodes,
-        "policy": CONFIGS[label][1],
+        "policy": policy,
+        "tier": tier or "inventory",
         "file": run.file,
         "summary": run.summary,
         "per_node": nodes_seen,
@@ -148,12 +164,12 @@ def run_config(
     }
 
 
-def target(runs: list[RoutingRun]) -> RoutingTarget | None:
+def target(runs: list[RoutingRun], tier: str = "") -> RoutingTarget | None:
     """The figures of the target (cache-aware TTFT P95 >= 1.5x better than round-robin on 2 nodes,
     and a higher hit rate on every node): the point ratio and each node's comparison. Whether it is
     met needs the interval: :mod:`kvstack.bench.targets` and :func:`kvstack.intervals.verdict`."""
     by = {r["config"]: r for r in runs}
-    rr, ca = by.get("2 nodes round_robin"), by.get("2 nodes cache_aware")
+    rr, ca = by.get(labelled("2 nodes round_robin", tier)), by.get(labelled("2 nodes cache_aware", tier))
     if not rr or not ca:
         return None
     p_rr, p_ca = rr["summary"]["ttft"]["p95"], ca["summary"]["ttft"]["p95"]
@@ -195,17 +211,22 @@ def run_routing(
     log: Path,
     slo: SLO,
     save,
+    tier: str = "",
+    into: Routing | None = None,
 ) -> Routing:
     """Every configuration of :data:`CONFIGS` the inventory allows, in order.
 
     *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, model, i)* its load
-    config; *save(result)* is called after each run (results survive an interruption).
+    config; *save(result)* is called after each run (results survive an interruption). *tier*:
+    "" with the serving nodes on the inventory's profile, :data:`NO_TIER` with them on ``none``
+    (the caller switched them); *into*: an earlier tier's result to add these runs to.
     """
     router = router_of(ep)
     serving = list(ep.serving)
-    result: Routing = {"router": router.url, "runs": [], "missing": [], "switch_s": []}
+    result: Routing = into or {"router": router.url, "runs": [], "missing": [], "switch_s": []}
+    first = len(result["runs"])
     try:
-        for i, (label, (n, policy)) in enumerate(CONFIGS.items()):
+        for i, (label, (n, policy)) in enumerate(CONFIGS.items(), start=first):
             if n > len(serving):
                 result["missing"].append(f"routing {label}: the inventory has {len(serving)} serving node(s)")
                 continue
@@ -213,9 +234,11 @@ def run_routing(
             result["switch_s"].append(round(apply(inventory, router, nodes, policy, log), 1))
             wait_backends(router, n)
             lc = lc_for(router.url, ep.vllm(nodes[0])["model"], i)
-            entry = run_config(label, conversations_for(i), lc, ep, router, nodes, out_dir, slo)
+            entry = run_config(label, conversations_for(i), lc, ep, router, nodes, out_dir, slo, tier)
             result["runs"].append(entry)
             result["target"] = target(result["runs"])
+            if tier:
+                result["target_without_tier"] = target(result["runs"], tier)
             save(result)
     finally:
         restore(inventory, router, log)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstack import bench, loadgen, report, stack
+from kvstack import bench, loadgen, report, routing, stack
 from kvstack import results_schema as schema
 from kvstack.bench import BenchError, BenchOptions, Cell, Load
 from kvstack.bench import ceiling as bench_ceiling
@@ -521,3 +521,24 @@ def test_ceiling_and_overhead_targets(tmp_path):
     assert over["value"] == pytest.approx(0.975) and report.evaluate_target(over)["status"] == "met"
     results["plan"]["ceiling"] = []
     assert not [n for n in (x["name"] for x in bench.targets(results, 4.0, tmp_path)) if "ceiling" in n]
+
+
+def test_routing_without_the_tier_gets_its_own_row(tmp_path):
+    """The routing configurations run again on profile none are labelled apart and get their own
+    ratio and interval; the share-of-nodes row stays the inventory tier's."""
+    (tmp_path / "runs").mkdir()
+    runs = []
+    for tier in ("", routing.NO_TIER):
+        for policy, lo in (("round_robin", 0.2), ("cache_aware", 0.1)):
+            label = routing.labelled(f"2 nodes {policy}", tier)
+            f = f"runs/r{len(runs)}.jsonl"
+            recs = [RequestResult(0.0, 1.0, lo + lo * i / 49, [lo + lo * i / 49], 10, 1) for i in range(50)]
+            (tmp_path / f).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
+            runs.append({"config": label, "file": f, "summary": {"failed": 0, "unsent": 0}, "per_node": {}})
+    assert runs[2]["config"] == "2 nodes round_robin, vLLM cache only"
+    fig = {"target": "", "measured": 2.0, "hit_rate_higher_on": {"a": True}}
+    results = {"runs": [], "routing": {"runs": runs, "target": fig, "target_without_tier": fig}}
+    t = {x["name"]: x for x in bench.targets(results, None, tmp_path)}
+    row = t["TTFT P95 round-robin vs cache-aware routing (2 nodes, vLLM cache only)"]
+    assert row["samples"] == [50, 50] and row["lo"] <= 2.0 <= row["hi"] and "profile none" in row["detail"]
+    assert "TTFT P95 round-robin vs cache-aware routing (2 nodes)" in t

@@ -174,6 +174,14 @@ class BenchOptions:
             "routing bench: 1 vs 2 nodes, round-robin vs cache-aware via the router (default on)", None
         ),
     )
+    routing_without_tier: bool = field(
+        default=True,
+        metadata=meta(
+            "routing again with every serving node on profile none: vLLM's own cache only "
+            "(default on; --no-routing-without-tier)",
+            None,
+        ),
+    )
     routing_load: str | None = field(
         default=None, metadata=meta("closed-loop users of the routing runs (smoke c4, full c8)")
     )

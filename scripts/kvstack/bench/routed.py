@@ -1,6 +1,9 @@
 """The steps that send load through what users call: the router (:mod:`kvstack.routing`: 1 vs 2
 nodes, round-robin vs cache-aware) and NVIDIA Dynamo's frontend (:mod:`kvstack.dynamo_bench`,
-``--dynamo``). Both run with the serving nodes on the inventory's tier profile."""
+``--dynamo``). Both run with the serving nodes on the inventory's tier profile; routing then runs
+again with every serving node on profile ``none`` (vLLM's own cache only:
+``--no-routing-without-tier`` skips it), so the report answers what cache-aware routing buys with
+and without the shared KV tier."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 
 from kvstack import dynamo_bench, loadgen, routing
 from kvstack.bench import workload
-from kvstack.bench.context import Context
+from kvstack.bench.context import Cell, Context, switch
 from kvstack.bench.options import BenchOptions, Load
 from kvstack.results_schema import Dynamo, Routing
 
@@ -52,18 +55,22 @@ class RoutedStep:
                 o, ctx.tok, ctx.kv_tokens, ctx.seed(self.key, "text", i), ratio
             ).conversations
 
-        result = self.runner(
-            o.inventory,
-            ctx.ep,
-            conversations_for,
-            lc_for,
-            ctx.res.dir / "runs",
-            ctx.log,
-            ctx.slo,
-            lambda r: ctx.res.put(self.key, r),
-        )
+        args = (o.inventory, ctx.ep, conversations_for, lc_for, ctx.res.dir / "runs", ctx.log, ctx.slo)
+        result = self.runner(*args, lambda r: ctx.res.put(self.key, r))
+        if self.key == "routing" and o.routing_without_tier:
+            result = self._without_tier(ctx, args, result)
         ctx.res.note_missing(*result["missing"])
         ctx.res.put(self.key, result)
+
+    def _without_tier(self, ctx: Context, args: tuple, result: Any) -> Any:
+        """The routing configurations again with every serving node on profile none, then the
+        nodes back on the inventory's profile."""
+        nodes = list(ctx.ep.serving)
+        try:
+            switch(ctx.o, nodes, Cell("none"), ctx.log)
+            return self.runner(*args, lambda r: ctx.res.put(self.key, r), tier=routing.NO_TIER, into=result)
+        finally:
+            switch(ctx.o, nodes, None, ctx.log)
 
 
 def routing_step() -> RoutedStep:
