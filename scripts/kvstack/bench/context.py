@@ -177,6 +177,13 @@ class Context:
         self.res.update(switch_s=[*self.res.data.get("switch_s", []), took])
         self.current, self.switched = cell, True
 
+    def ready(self, cell: Cell, *seed: object) -> None:
+        """The node on *cell*, its vLLM healthy, the unmeasured warm-up requests sent (their text
+        seeded by *seed*)."""
+        self.switch_to(cell)
+        stack.wait_healthy(self.vllm)
+        workload.warm_up(self.vllm, self.tok, self.o.warmup, self.seed("warm-up", *seed))
+
     def restore(self) -> None:
         """The inventory's own configuration on the node again, if a switch changed it."""
         if self.switched:

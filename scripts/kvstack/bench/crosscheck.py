@@ -87,9 +87,7 @@ class CrossCheckStep:
 
     def run(self, ctx: Context) -> None:
         exe = aiperf.ensure(log=ctx.res.dir / "aiperf.log")
-        ctx.switch_to(Cell("none"))
-        stack.wait_healthy(ctx.vllm)
-        workload.warm_up(ctx.vllm, ctx.tok, ctx.o.warmup, ctx.seed("warm-up", "crosscheck"))
+        ctx.ready(Cell("none"), "crosscheck")
         users = max(int(x.value) for x in ctx.loads if x.mode == "closed") if ctx.loads else 4
         wl = workload.build_workload(ctx.o, ctx.tok, ctx.kv_tokens, ctx.seed("crosscheck"))
         sources = [stack.vllm_source(ctx.vllm, "vllm")]

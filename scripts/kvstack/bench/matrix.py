@@ -59,9 +59,7 @@ def load_config(ctx: Context, load: Load, seed: int) -> loadgen.LoadConfig:
 
 def measure_cell(ctx: Context, cell: Cell, rep: int, i: int, of: int) -> None:
     """Cell *i* of *of*: switch the node to *cell*, warm up, then one measured run per load level."""
-    ctx.switch_to(cell)
-    stack.wait_healthy(ctx.vllm)
-    workload.warm_up(ctx.vllm, ctx.tok, ctx.o.warmup, ctx.seed("warm-up", cell.label, rep))
+    ctx.ready(cell, cell.label, rep)
     sources, kinds = stack.metric_sources(ctx.ep, [ctx.node], lmcache=cell.profile != "none")
     for j, load in enumerate(ctx.loads):
         label = f"[{i * len(ctx.loads) + j + 1}/{of * len(ctx.loads)}] {cell.label} {load.label}"

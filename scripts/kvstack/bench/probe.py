@@ -8,7 +8,6 @@ from typing import Any
 
 from kvstack import loadgen, stack
 from kvstack import metrics as m
-from kvstack.bench import workload
 from kvstack.bench.context import Cell, Context
 from kvstack.bench.options import BenchOptions
 from kvstack.log import progress
@@ -133,7 +132,5 @@ class ProbeStep:
     def run(self, ctx: Context) -> None:
         if ctx.res.data["ttft_probe"] is not None:
             return  # measured in the matrix's kv cell
-        ctx.switch_to(Cell("kv"))
-        stack.wait_healthy(ctx.vllm)
-        workload.warm_up(ctx.vllm, ctx.tok, ctx.o.warmup, ctx.seed("warm-up", "probe"))
+        ctx.ready(Cell("kv"), "probe")
         probe_here(ctx, "kv")

@@ -252,6 +252,25 @@ def _on_each(
         raise errors[0]
 
 
+def _sized_rounds(
+    sizes: Iterable[int],
+    what: str,
+    one_round: Callable[[int], tuple[list[float], list[float]]],
+    paths: tuple[str, str],
+    n: int,
+    where: str,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """*one_round(size)* (the store and the retrieve timings) per size; a store and a retrieve row
+    (*paths*) per size."""
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        progress(f"data path: {what}, {n} x {size} B")
+        put_t, get_t = one_round(size)
+        rows += _timed_rows(((paths[0], "set", put_t), (paths[1], "get", get_t)), size, n, where, **extra)
+    return rows
+
+
 def _raw_parallel_round(
     clients: Sequence[RespClient], size: int, n: int, batch: int
 ) -> tuple[list[float], list[float]]:
@@ -290,24 +309,21 @@ def bench_raw_parallel(
     of *batch* keys, each task's keys dealt round robin over the connections, each connection
     pipelining its share (every command sent, then every reply read into preallocated, touched
     buffers); one timing per task, as for LMCache's tasks. Values read back are checked."""
-    rows: list[dict[str, Any]] = []
     clients = [RespClient(host, port, password) for _ in range(workers)]
     try:
-        for size in sizes:
-            progress(f"data path: raw RESP, {workers} connections, batch {batch}, {n} x {size} B")
-            set_t, get_t = _raw_parallel_round(clients, size, n, batch)
-            rows += _timed_rows(
-                ((PATH_RAW_SET_PAR, "set", set_t), (PATH_RAW_GET_PAR, "get", get_t)),
-                size,
-                n,
-                f"{host}:{port}",
-                batch=batch,
-                num_workers=workers,
-            )
+        return _sized_rounds(
+            sizes,
+            f"raw RESP, {workers} connections, batch {batch}",
+            lambda size: _raw_parallel_round(clients, size, n, batch),
+            (PATH_RAW_SET_PAR, PATH_RAW_GET_PAR),
+            n,
+            f"{host}:{port}",
+            batch=batch,
+            num_workers=workers,
+        )
     finally:
         for c in clients:
             c.close()
-    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,19 +460,17 @@ def bench_lmcache_l2(
     except ImportError as e:
         return [], f"LMCache L2 path: lmcache not importable here ({e}); not measured"
     batch = max(1, min(batch or n, n))
-    rows: list[dict[str, Any]] = []
     try:
-        for size in sizes:
-            progress(f"data path: LMCache L2 ({num_workers} workers, batch {batch}), {n} x {size} B")
-            store_t, load_t = drv.timed_round(size, n, batch)
-            rows += _timed_rows(
-                ((PATH_L2_STORE, "set", store_t), (PATH_L2_RETRIEVE, "get", load_t)),
-                size,
-                n,
-                f"{host}:{port}",
-                batch=batch,
-                num_workers=num_workers,
-            )
+        rows = _sized_rounds(
+            sizes,
+            f"LMCache L2 ({num_workers} workers, batch {batch})",
+            lambda size: drv.timed_round(size, n, batch),
+            (PATH_L2_STORE, PATH_L2_RETRIEVE),
+            n,
+            f"{host}:{port}",
+            batch=batch,
+            num_workers=num_workers,
+        )
     finally:
         drv.adapter.close()
     return rows, None
