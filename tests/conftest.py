@@ -10,8 +10,8 @@ once (``lab`` fixture); ``--no-lab`` runs node checks against whatever the inven
 as is; ``--keep-lab`` leaves a lab this session started running afterwards; ``--dynamo`` adds
 the end-to-end tests that install NVIDIA Dynamo on the lab and bench it (optional like Dynamo
 itself: about 20 more minutes, which the default run leaves out to fit CI's time);
-``--aiperf`` adds the bench's AIPerf cross-check to the bench lab test (AIPerf installed into
-``.venv-aiperf`` on first use); ``--pinned-set`` adds pip's resolution of vLLM's whole CUDA set
+``--bench-full`` adds the bench's AIPerf cross-check (AIPerf installed into ``.venv-aiperf`` on
+first use) and its routing runs without the shared tier to the bench lab test; ``--pinned-set`` adds pip's resolution of vLLM's whole CUDA set
 (about 4 GB downloaded per Python).
 """
 
@@ -51,9 +51,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also switch a serving node through all four tier profiles (test_serving_profiles.py; +8 min)",
     )
     group.addoption(
-        "--aiperf",
+        "--bench-full",
         action="store_true",
-        help="also run the bench's AIPerf cross-check in the bench lab test (installs AIPerf; +5 min)",
+        help="the bench lab test with every step: the AIPerf cross-check (installs AIPerf) and "
+        "routing without the shared tier (+10 min)",
     )
     group.addoption(
         "--pinned-set",

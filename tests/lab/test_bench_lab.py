@@ -23,9 +23,11 @@ USERS, ROUNDS = 8, 2
 @pytest.fixture(scope="module")
 def bench_run(up_lab, tmp_path_factory, request):
     """One small bench run: none and kv, the ceiling, the probe, data path and RocksDB (and the
-    AIPerf cross-check with --aiperf)."""
+    AIPerf cross-check and the routing runs without the shared tier with --bench-full)."""
+    full = request.config.getoption("--bench-full")
     opts = bench.BenchOptions(
-        crosscheck=request.config.getoption("--aiperf"),
+        crosscheck=full,
+        routing_without_tier=full,
         profiles=("none", "kv"),
         users=USERS,
         rounds=ROUNDS,
@@ -125,8 +127,8 @@ def test_datapath_and_rocksdb_rows(bench_run):
 def test_aiperf_replayed_every_request(bench_run, request):
     """AIPerf sent the same requests and served them all; the figures it measured are in the
     report beside ours (agreement is the report's to state, not this test's)."""
-    if not request.config.getoption("--aiperf"):
-        pytest.skip("the AIPerf cross-check runs with --aiperf")
+    if not request.config.getoption("--bench-full"):
+        pytest.skip("the AIPerf cross-check runs with --bench-full")
     out, res = bench_run
     cc = res["crosscheck"]
     assert cc["requests"]["ours"] == cc["requests"]["aiperf"] == USERS * ROUNDS
@@ -170,10 +172,16 @@ def test_nodes_back_on_the_inventory_profile(bench_run, testinfra_backend):
     assert node.service("vllm@main").is_running
 
 
-def test_routing_runs_per_configuration(bench_run):
+def test_routing_runs_per_configuration(bench_run, request):
     _, res = bench_run
     runs = {r["config"]: r for r in res["routing"]["runs"]}
-    assert list(runs) == ["1 node", "2 nodes round_robin", "2 nodes cache_aware"]
+    configs = ["1 node", "2 nodes round_robin", "2 nodes cache_aware"]
+    if request.config.getoption("--bench-full"):  # again with every serving node on profile none
+        configs += [f"{c}, vLLM cache only" for c in configs]
+        for c in configs[3:]:
+            assert runs[c]["tier"] == "vLLM cache only"
+            assert all(n["lmcache_hit_rate"] in (0, None) for n in runs[c]["per_node"].values())
+    assert list(runs) == configs
     for r in runs.values():
         assert r["summary"]["requests"] == USERS * ROUNDS and r["summary"]["failed"] == 0
         # the router's per-backend counter accounts for every request
