@@ -11,8 +11,9 @@ as is; ``--keep-lab`` leaves a lab this session started running afterwards; ``--
 the end-to-end tests that install NVIDIA Dynamo on the lab and bench it (optional like Dynamo
 itself: about 20 more minutes, which the default run leaves out to fit CI's time);
 ``--bench-full`` adds the bench's AIPerf cross-check (AIPerf installed into ``.venv-aiperf`` on
-first use) and its routing runs without the shared tier to the bench lab test; ``--pinned-set`` adds pip's resolution of vLLM's whole CUDA set
-(about 4 GB downloaded per Python).
+first use) and its routing runs without the shared tier to the bench lab test; ``--pinned-set``
+adds pip's resolution of vLLM's whole CUDA set (about 4 GB downloaded per Python). The
+``--profiles`` option adds the four tier-profile switches of test_serving_profiles.py.
 """
 
 from __future__ import annotations
