@@ -30,8 +30,10 @@ from kvstack.log import progress
 
 VERSION = "0.13.0"
 VENV = REPO / ".venv-aiperf"
-#: the tokenizer files AIPerf's AutoTokenizer reads (the served model's directory has them)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+#: the tokenizer files AIPerf's AutoTokenizer reads (the served model's directory has them), and
+#: those it reads when present (newer transformers no longer write special_tokens_map.json)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json")
+TOKENIZER_FILES_OPTIONAL = ("special_tokens_map.json", "chat_template.jinja")
 #: AIPerf's summary metric -> ours, and the statistics compared
 METRICS = {"time_to_first_token": "ttft", "inter_token_latency": "tpot"}
 STATS = ("p50", "p95")

@@ -10,6 +10,7 @@ not, the report shows by how much (and a run with failures says so)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ def _tokenizer_dir(ctx: Context) -> Path:
     with stack.connection(ctx.ep, ctx.node) as c:
         for name in aiperf.TOKENIZER_FILES:
             c.get(f"{ctx.vllm['model_path']}/{name}", str(tdir / name))
+        for name in aiperf.TOKENIZER_FILES_OPTIONAL:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                c.get(f"{ctx.vllm['model_path']}/{name}", str(tdir / name))
     return tdir
 
 
