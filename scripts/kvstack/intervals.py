@@ -1,11 +1,18 @@
 """Confidence intervals for the ratios the targets use, and the verdict a target gets from one.
 
-Each target compares two samples (two configurations' requests, or time windows of their runs)
-through a statistic (a percentile, a mean rate). :func:`bootstrap_ratio` resamples both samples
+Each target compares two samples (two configurations' requests, or their conversations' work)
+through a statistic (a percentile, a rate). :func:`bootstrap_ratio` resamples both samples
 with replacement, independently, ``n`` times from a seeded generator and takes the percentile
 interval of ``stat(a*) / stat(b*)``; the point value is ``stat(a) / stat(b)`` on the samples as
-measured. :func:`window_rates` turns a run's requests into tokens/s per time window, so a
-throughput ratio gets an interval from one run per configuration (more windows per repeat).
+measured.
+
+Throughput: a closed-loop run keeps ``c`` requests in flight, so by Little's law its tokens/s is
+``c`` x (tokens of its requests) / (sum of their durations). :func:`conversation_work` gives each
+conversation's (tokens, request-seconds), the unit resampled (turns of one conversation depend on
+each other); :func:`busy_rate` is the statistic, and :func:`rescaled` centres its relative spread
+on the ratio of the runs' wall-clock tokens/s, the figure the report prints. (Time windows of a
+run were tried first: with tens of requests per run most windows held none, and the interval of a
+0.9x ratio spanned 0.2x-10x.)
 
 :func:`verdict` is the one place a target is called met: only when the interval clears the line
 and the runs behind it had no failed request and no unsent turn. An interval that straddles the
@@ -16,12 +23,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from kvstack.stats import RequestResult, percentile
 
-Stat = Callable[[Sequence[float]], float | None]
+Stat = Callable[[Sequence[Any]], float | None]
 
 #: the bootstrap's resamples and confidence level, unless a caller says otherwise
 RESAMPLES = 2000
@@ -57,8 +64,8 @@ def mean(xs: Sequence[float]) -> float | None:
 
 
 def bootstrap_ratio(
-    a: Sequence[float],
-    b: Sequence[float],
+    a: Sequence[Any],
+    b: Sequence[Any],
     stat: Stat,
     *,
     seed: int = 0,
@@ -91,26 +98,31 @@ def bootstrap_ratio(
     )
 
 
-def window_rates(records: Sequence[RequestResult], windows: int = 10) -> list[float]:
-    """Tokens/s (prompt + output of successful requests) in *windows* equal slices of the run's
-    span (first start to last token or end), each request counted in the slice its last token fell
-    in. Their mean is the run's tokens/s over that span."""
-    if windows < 1:
-        raise ValueError(f"windows must be >= 1, got {windows}")
-    if not records:
-        return []
-    t0 = min(r.start for r in records)
-    ends = {id(r): (r.token_times[-1] if r.token_times else (r.end or r.start)) for r in records}
-    span = max(max(ends.values()), max(r.end or r.start for r in records)) - t0
-    if span <= 0:
-        return []
-    width = span / windows
-    tokens = [0.0] * windows
-    for r in records:
+def conversation_work(records: Sequence[RequestResult]) -> list[tuple[float, float]]:
+    """Per conversation (each request without one on its own): the prompt + output tokens of its
+    successful requests and the seconds all its requests took (start to end, failures included)."""
+    work: dict[str, list[float]] = {}
+    for i, r in enumerate(records):
+        w = work.setdefault(r.conversation or f"#{i}", [0.0, 0.0])
         if r.ok:
-            i = min(int((ends[id(r)] - t0) / width), windows - 1)
-            tokens[i] += r.prompt_tokens + r.output_tokens
-    return [x / width for x in tokens]
+            w[0] += r.prompt_tokens + r.output_tokens
+        w[1] += max(0.0, (r.end if r.end is not None else r.start) - r.start)
+    return [(t, s) for t, s in work.values()]
+
+
+def busy_rate(work: Sequence[tuple[float, float]]) -> float | None:
+    """Tokens per request-second over *work* (:func:`conversation_work`'s pairs); None without time."""
+    seconds = sum(s for _, s in work)
+    return sum(t for t, _ in work) / seconds if seconds > 0 else None
+
+
+def rescaled(interval: Interval | None, value: float | None) -> Interval | None:
+    """*interval* moved to centre on *value*: its bounds scaled by ``value / interval.value`` (the
+    estimator's relative spread around the figure measured another way)."""
+    if interval is None or value is None or interval.value <= 0:
+        return None
+    k = value / interval.value
+    return replace(interval, value=value, lo=interval.lo * k, hi=interval.hi * k)
 
 
 Verdict = Literal["met", "missed", "inconclusive", "not met: failures", "no interval", "not measured"]

@@ -141,7 +141,8 @@ def test_repeats_merge_into_one_entry(tmp_path):
 
 
 def _steady(path: Path, tokens: int, n: int = 40, span: float = 10.0) -> None:
-    """*n* requests of *tokens* tokens each, ending evenly over *span* s: 4 per 1-s window."""
+    """*n* requests of *tokens* tokens each, 0.2 s long, ending evenly over *span* s (each its own
+    conversation)."""
     recs = []
     for i in range(n):
         end = (i + 0.5) * span / n
@@ -181,8 +182,9 @@ def _probe(n: int = 3, **phases: list[float]) -> dict:
 
 
 def test_targets_hand_computed(tmp_path):
-    """Steady runs: every 1-s window of none carries 4 x 100 tokens, of dram+kv 4 x 250, so the
-    ratio is 2.5 in every resample (interval 2.5-2.5: missed, not inconclusive). Probe: KV 0.1 s
+    """Steady runs: every request of none carries 100 tokens in 0.2 s, of dram+kv 250, so the
+    ratio is 2.5 in every resample of the 40 conversations (interval 2.5-2.5: missed, not
+    inconclusive). Probe: KV 0.1 s
     against vLLM's 0.08 s in every sample: 1.25, met at <= 1.25."""
     _steady(tmp_path / "runs/none.jsonl", 100)
     _steady(tmp_path / "runs/top.jsonl", 250)
@@ -214,7 +216,7 @@ def test_targets_hand_computed(tmp_path):
     t = {x["name"]: x for x in bench.targets(results, 4.0, tmp_path)}
     tput = t["tokens/s dram+kv vs none"]
     assert tput["value"] == pytest.approx(2.5) and (tput["lo"], tput["hi"]) == (pytest.approx(2.5),) * 2
-    assert tput["samples"] == [10, 10] and tput["failures"] == 0
+    assert tput["samples"] == [40, 40] and tput["failures"] == 0
     assert "4.0x vLLM's KV space" in tput["detail"]
     kv = t["TTFT P50 KV-server tier vs vLLM prefix-cache hit"]
     assert kv["value"] == pytest.approx(1.25) and kv["hi"] == pytest.approx(1.25) and kv["failures"] == 0

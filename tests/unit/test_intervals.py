@@ -51,20 +51,43 @@ def test_coverage_on_known_ratio():
     assert hits >= 50, hits
 
 
-def test_window_rates_by_hand():
-    """A run from 0 to 4 s in 4 windows: requests ending at .5 (10+2 tokens), 1.5 (20+2), 1.7
-    (failed, not counted), 3.9 (5+1): 12, 22, 0, 6 tokens per 1-s window."""
+def test_conversation_work_by_hand():
+    """Conversation a: two turns (10+2 tokens in 0.5 s, 20+2 in 0.5 s); b: one success (5+1 in
+    1.0 s) and a failure that still took 0.7 s; a request without a conversation stands alone."""
     recs = [
-        RequestResult(0.0, 0.5, 0.2, [0.2, 0.5], 10, 2),
-        RequestResult(1.0, 1.5, 1.2, [1.2, 1.5], 20, 2),
-        RequestResult(1.0, 1.7, None, [], 0, 0, error="HTTP 500"),
-        RequestResult(3.0, 4.0, 3.9, [3.9], 5, 1),
+        RequestResult(0.0, 0.5, 0.2, [0.2, 0.5], 10, 2, conversation="a"),
+        RequestResult(1.0, 1.5, 1.2, [1.2, 1.5], 20, 2, conversation="a"),
+        RequestResult(1.0, 1.7, None, [], 0, 0, error="HTTP 500", conversation="b"),
+        RequestResult(3.0, 4.0, 3.9, [3.9], 5, 1, conversation="b"),
+        RequestResult(5.0, 5.25, 5.1, [5.1], 3, 1),
     ]
-    assert iv.window_rates(recs, 4) == pytest.approx([12.0, 22.0, 0.0, 6.0])
-    assert sum(iv.window_rates(recs, 4)) / 4 == pytest.approx(40 / 4.0)  # their mean: the run's tokens/s
-    assert iv.window_rates([], 4) == []
-    with pytest.raises(ValueError):
-        iv.window_rates(recs, 0)
+    work = iv.conversation_work(recs)
+    assert [x for pair in work for x in pair] == pytest.approx([34.0, 1.0, 6.0, 1.7, 4.0, 0.25])
+    assert iv.busy_rate(work) == pytest.approx(44 / 2.95)
+    assert iv.busy_rate([]) is None
+    assert iv.conversation_work([]) == []
+
+
+def test_rescaled_keeps_relative_spread():
+    """An estimator's interval 0.8-1.2 around 1.0, moved to a measured 0.9: 0.72-1.08."""
+    est = iv.Interval(1.0, 0.8, 1.2, 0.95, 100, 5, 5)
+    out = iv.rescaled(est, 0.9)
+    assert (out.value, out.lo, out.hi) == pytest.approx((0.9, 0.72, 1.08))
+    assert (out.n_a, out.resamples) == (5, 100)
+    assert iv.rescaled(None, 0.9) is None
+    assert iv.rescaled(est, None) is None
+
+
+def test_busy_rate_interval_narrow_for_steady_runs():
+    """Twenty conversations per configuration, top 5-10% faster per request-second than base:
+    the ratio's interval holds the true ratio and is narrower than +-10% (windows gave 0.2-10x)."""
+    rng = random.Random(3)
+    top = [(100.0, rng.uniform(0.9, 1.0)) for _ in range(20)]
+    base = [(100.0, rng.uniform(1.0, 1.1)) for _ in range(20)]
+    out = iv.bootstrap_ratio(top, base, iv.busy_rate, seed=1)
+    true = iv.busy_rate(top) / iv.busy_rate(base)
+    assert out.lo <= true <= out.hi
+    assert out.hi / out.lo < 1.2
 
 
 @pytest.mark.parametrize(
