@@ -10,7 +10,6 @@ not, the report shows by how much (and a run with failures says so)."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -72,8 +71,10 @@ def _tokenizer_dir(ctx: Context) -> Path:
         for name in aiperf.TOKENIZER_FILES:
             c.get(f"{ctx.vllm['model_path']}/{name}", str(tdir / name))
         for name in aiperf.TOKENIZER_FILES_OPTIONAL:
-            with contextlib.suppress(FileNotFoundError, OSError):
+            try:
                 c.get(f"{ctx.vllm['model_path']}/{name}", str(tdir / name))
+            except OSError:  # absent on the node: a failed get leaves an empty file behind
+                (tdir / name).unlink(missing_ok=True)
     return tdir
 
 
