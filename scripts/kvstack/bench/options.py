@@ -28,7 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "answer_tokens": 16,
         "kv_ratio": 4.0,
         "probe_n": 3,
-        "datapath_sizes": (256 * 1024, MiB, 4 * MiB),
+        "datapath_sizes": (256 * 1024, MiB, 4 * MiB, 32 * MiB),  # 32 MiB: an 8B model's 256-token chunk
         "datapath_n": 8,
         "rocksdb_sizes": (MiB,),
         "rocksdb_n": 16,
@@ -149,7 +149,7 @@ class BenchOptions:
     )
     datapath_sizes: tuple[int, ...] | None = field(
         default=None,
-        metadata=meta("value sizes in bytes, comma-separated (smoke: 256 KiB, 1 MiB, 4 MiB)", _csv(int)),
+        metadata=meta("value sizes in bytes, comma-separated (smoke: 256 KiB, 1, 4, 32 MiB)", _csv(int)),
     )
     datapath_n: int | None = field(
         default=None, metadata=meta("values per size in the data-path bench (smoke 8, full 32)", INT)
