@@ -34,6 +34,7 @@ NODE_PREFIXES = (
     "node_network_receive_bytes_total",
     "node_network_transmit_bytes_total",
     "node_memory_MemAvailable_bytes",
+    "node_boot_time_seconds",
 )
 #: INFO fields of Redis/Kvrocks that only grow (deltas); every other numeric field is a gauge.
 INFO_COUNTER_PREFIXES = ("total_", "keyspace_", "cmdstat_", "evicted_", "expired_", "rejected_", "sync_")
@@ -218,7 +219,8 @@ def summarize(deltas: dict[str, dict[str, float]], kinds: dict[str, str]) -> dic
         out.update(kv_figures(of("kv")))
     if of("node"):
         busy = idle = 0.0
-        for d in of("node"):
+        nodes = per_kernel(of("node"))
+        for d in nodes:
             for k, v in d.items():
                 if not k.startswith("node_cpu_seconds_total"):
                     continue
@@ -227,8 +229,26 @@ def summarize(deltas: dict[str, dict[str, float]], kinds: dict[str, str]) -> dic
                 else:
                     busy += v
         out["CPU busy"] = _ratio(busy, busy + idle)
-        out["disk MB written"] = round(s("node", "node_disk_written_bytes_total") / 1e6, 1)
-        out["disk MB read"] = round(s("node", "node_disk_read_bytes_total") / 1e6, 1)
+        for what in ("written", "read"):
+            name = f"node_disk_{what}_bytes_total"
+            out[f"disk MB {what}"] = round(sum(total(d, name) for d in nodes) / 1e6, 1)
+    return out
+
+
+def per_kernel(nodes: list[dict[str, float]]) -> list[dict[str, float]]:
+    """node_exporter's deltas once per kernel: nodes that share one (containers, the lab's nspawn
+    nodes) read the same /proc/stat and /proc/diskstats, so their CPU seconds and disk bytes are
+    the host's, counted once. Same kernel = same ``node_boot_time_seconds``; a node without it
+    counts on its own."""
+    seen: set[float] = set()
+    out = []
+    for d in nodes:
+        boot = d.get("node_boot_time_seconds")
+        if boot is not None:
+            if round(boot) in seen:
+                continue
+            seen.add(round(boot))
+        out.append(d)
     return out
 
 

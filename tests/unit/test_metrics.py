@@ -51,9 +51,10 @@ VLLM_AFTER = (
 )
 
 
-def node(idle: float, user: float, written: float) -> str:
-    """node_exporter text with these counter values."""
-    return (
+def node(idle: float, user: float, written: float, boot: float | None = None) -> str:
+    """node_exporter text with these counter values (and boot time, when given)."""
+    booted = "" if boot is None else f"# TYPE node_boot_time_seconds gauge\nnode_boot_time_seconds {boot}\n"
+    return booted + (
         "# TYPE node_cpu_seconds_total counter\n"
         f'node_cpu_seconds_total{{cpu="0",mode="idle"}} {idle}\n'
         f'node_cpu_seconds_total{{cpu="0",mode="user"}} {user}\n'
@@ -109,6 +110,22 @@ def test_summarize_hand_computed():
     two = m.summarize({"vllm@a": vd, "vllm@b": vd}, {"vllm@a": "vllm", "vllm@b": "vllm"})
     assert two["prompt tokens: external_kv_transfer"] == 2400
     assert two["external (LMCache) hit rate"] == pytest.approx(0.8)
+
+
+def test_nodes_sharing_a_kernel_count_once():
+    """Two nspawn nodes on one host (same boot time) read the host's disks and CPUs: counted once;
+    a node on its own kernel (another boot time) adds its own."""
+
+    def nd(boot: float) -> dict[str, float]:
+        before, after = node(100, 50, 0, boot), node(130, 140, 2_000_000, boot)
+        parse = m.parse_prometheus
+        return m.delta(parse(before, m.NODE_PREFIXES), parse(after, m.NODE_PREFIXES))
+
+    kinds = {"node@a": "node", "node@b": "node", "node@c": "node"}
+    shared = m.summarize({"node@a": nd(1.7e9), "node@b": nd(1.7e9)}, kinds)
+    assert shared["disk MB written"] == 2.0 and shared["CPU busy"] == pytest.approx(90 / 120)
+    apart = m.summarize({"node@a": nd(1.7e9), "node@b": nd(1.7e9), "node@c": nd(1.6e9)}, kinds)
+    assert apart["disk MB written"] == 4.0
 
 
 def test_info_and_merge():
