@@ -367,7 +367,19 @@ def _crosscheck_table(results: ResultsJson) -> dict[str, Any] | None:
         "server_ours_ms": fmt(_ms(server.get("ours"))),
         "server_aiperf_ms": fmt(_ms(server.get("aiperf"))),
         "client_ms": fmt(_ms(cc.get("client_ttft_mean_s"))),
+        "costs": _crosscheck_costs(cc),
     }
+
+
+def _crosscheck_costs(cc: dict[str, Any]) -> list[list[str]]:
+    """Per client: its run's wall seconds, its own CPU seconds (and cores' worth), vLLM's hit rate."""
+    cpu, wall, hit = (cc.get(k) or {} for k in ("client_cpu_s", "wall_s", "prefix_hit_rate"))
+    rows = []
+    for who, name in (("ours", "ours"), ("aiperf", "AIPerf")):
+        if who in cpu and wall.get(who):
+            cores = cpu[who] / wall[who]
+            rows.append([name, fmt(wall[who]), fmt(cpu[who]), f"{cores:.2f}", fmt(hit.get(who))])
+    return rows
 
 
 def _routing_tables(results: ResultsJson) -> dict[str, Any] | None:

@@ -224,6 +224,9 @@ class CrossCheck(TypedDict):
     aiperf_version: NotRequired[str | None]
     server_ttft_mean_s: NotRequired[dict[str, float | None]]
     client_ttft_mean_s: NotRequired[float | None]
+    prefix_hit_rate: NotRequired[dict[str, float | None]]
+    client_cpu_s: NotRequired[dict[str, float]]
+    wall_s: NotRequired[dict[str, float]]
 
 
 class Workload(TypedDict):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from kvstack import aiperf
+from kvstack import aiperf, report
 from kvstack.bench import crosscheck
 
 SENT = [
@@ -94,3 +94,23 @@ def test_server_ttft_mean_from_vllms_histogram():
     }
     assert crosscheck.server_ttft(d) == pytest.approx(0.25)
     assert crosscheck.server_ttft({"vllm": {}}) is None
+
+
+def test_costs_of_both_runs_in_the_report():
+    """Each run's hit rate, CPU and wall time kept; the report's rows: cores busy = CPU / wall."""
+    d = {
+        "vllm": {
+            "vllm:prefix_cache_queries_total": 200.0,
+            "vllm:prefix_cache_hits_total": 50.0,
+            "vllm:time_to_first_token_seconds_sum": 3.0,
+            "vllm:time_to_first_token_seconds_count": 12.0,
+        }
+    }
+    costs = crosscheck._costs(
+        {"deltas": d, "cpu_s": 5.0, "wall_s": 20.0}, {"deltas": {"vllm": {}}, "cpu_s": 30.0, "wall_s": 25.0}
+    )
+    assert costs["prefix_hit_rate"] == {"ours": 0.25, "aiperf": None}
+    assert costs["server_ttft_mean_s"]["ours"] == pytest.approx(0.25)
+    rows = report._crosscheck_costs(costs)
+    assert [r[0] for r in rows] == ["ours", "AIPerf"]
+    assert rows[0][3] == "0.25" and rows[1][3] == "1.20"

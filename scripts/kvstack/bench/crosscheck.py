@@ -6,11 +6,18 @@ Both runs start from an emptied vLLM prefix cache on a node without LMCache, so 
 cache state; our client runs the conversations closed-loop, each user one conversation to its
 end, which is how AIPerf runs sessions (``--concurrency`` sessions at a time), so both offer the
 same load. They agree when every compared figure is within :data:`AGREE` of ours; where they do
-not, the report shows by how much (and a run with failures says so)."""
+not, the report shows by how much (and a run with failures says so), with what each run cost
+outside the server: each client's CPU seconds (this process for ours, the AIPerf process tree
+for theirs) over its wall time, and vLLM's prefix-cache hit rate in each run. On the lab the
+clients share two cores with vLLM, so a heavier client slows the server it measures. Our
+requests are kept in ``runs/crosscheck__ours.jsonl`` and AIPerf's in
+``aiperf/profile_export.jsonl``."""
 
 from __future__ import annotations
 
+import resource
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,7 @@ from kvstack.bench import workload
 from kvstack.bench.context import Cell, Context
 from kvstack.bench.options import BenchOptions
 from kvstack.log import progress
-from kvstack.stats import summarize
+from kvstack.stats import summarize, write_jsonl
 
 #: AIPerf's figure / ours within 1 +- this
 AGREE = 0.15
@@ -53,14 +60,41 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str, Any]
     return rows
 
 
-def _measured(ctx: Context, sources: list[m.Source], run: Any) -> tuple[Any, dict[str, dict[str, float]]]:
-    """*run()* with vLLM's prefix cache emptied before and the counters read around it."""
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its waited-for children so far."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _measured(ctx: Context, sources: list[m.Source], run: Any) -> tuple[Any, dict[str, Any]]:
+    """*run()* with vLLM's prefix cache emptied before, and what it cost: the counters' deltas
+    (``deltas``), wall seconds and client CPU seconds (``wall_s``, ``cpu_s``)."""
     if not stack.reset_prefix_cache(ctx.vllm):
         raise RuntimeError("vLLM refused to empty its prefix cache before a cross-check run")
     before = m.snapshot_all(sources)
+    t0, c0 = time.monotonic(), _cpu_s()
     out = run()
+    cost = {"wall_s": time.monotonic() - t0, "cpu_s": _cpu_s() - c0}
     deltas, _ = m.deltas_between(before, m.snapshot_all(sources))
-    return out, deltas
+    return out, {**cost, "deltas": deltas}
+
+
+def _hit_rate(deltas: dict[str, dict[str, float]]) -> float | None:
+    """vLLM's prefix-cache hit rate over a run."""
+    vd = deltas.get("vllm", {})
+    q = m.total(vd, "vllm:prefix_cache_queries_total")
+    return m.total(vd, "vllm:prefix_cache_hits_total") / q if q else None
+
+
+def _costs(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """Both runs' server-side mean TTFT, prefix-cache hit rate, client CPU and wall seconds."""
+    both = {"ours": ours, "aiperf": theirs}
+    return {
+        "server_ttft_mean_s": {k: server_ttft(v["deltas"]) for k, v in both.items()},
+        "prefix_hit_rate": {k: _hit_rate(v["deltas"]) for k, v in both.items()},
+        "client_cpu_s": {k: v["cpu_s"] for k, v in both.items()},
+        "wall_s": {k: v["wall_s"] for k, v in both.items()},
+    }
 
 
 def _tokenizer_dir(ctx: Context) -> Path:
@@ -103,7 +137,9 @@ class CrossCheckStep:
             api_key=ctx.vllm.get("api_key") or None,
             keep_prompts=True,
         )
-        ours, d_ours = _measured(ctx, sources, lambda: loadgen.run(wl.conversations, lc))
+        ours, c_ours = _measured(ctx, sources, lambda: loadgen.run(wl.conversations, lc))
+        (ctx.res.dir / "runs").mkdir(exist_ok=True)
+        write_jsonl(ours.records, ctx.res.dir / "runs" / "crosscheck__ours.jsonl")
         s = summarize(ours.records, wall_time_s=ours.wall_time_s, unsent=ours.turns_unsent).to_dict()
         data = ctx.res.dir / "aiperf-dataset.jsonl"
         data.write_text(aiperf.dataset(ours.sent, {"ignore_eos": True, "temperature": 0}))
@@ -121,7 +157,7 @@ class CrossCheckStep:
             api_key=ctx.vllm.get("api_key") or None,
         )
         progress(f"AIPerf {aiperf.VERSION}: replaying {len(ours.sent)} requests, {users} sessions at a time")
-        _, d_theirs = _measured(ctx, sources, lambda: aiperf.run(cmd, ctx.res.dir / "aiperf.log", 1800))
+        _, c_theirs = _measured(ctx, sources, lambda: aiperf.run(cmd, ctx.res.dir / "aiperf.log", 1800))
         theirs = aiperf.read_summary(art)
         ctx.res.put(
             "crosscheck",
@@ -132,7 +168,7 @@ class CrossCheckStep:
                 "failed": {"ours": s["failed"] + s["unsent"], "aiperf": theirs["errors"]},
                 "aiperf_version": theirs["version"],
                 "rows": compare(s, theirs),
-                "server_ttft_mean_s": {"ours": server_ttft(d_ours), "aiperf": server_ttft(d_theirs)},
                 "client_ttft_mean_s": s["ttft"]["mean"],
+                **_costs(c_ours, c_theirs),
             },
         )
