@@ -112,3 +112,18 @@ def test_verdict(value, lo, hi, op, failures, expected):
 def test_verdict_rejects_an_unknown_operator():
     with pytest.raises(ValueError):
         iv.verdict(1.0, 0.9, 1.1, "==", 1.0)
+
+
+def test_groups_widen_with_spread_between_runs():
+    """Two runs per side, each steady inside (a one-run interval would be a point) but 20% apart
+    on the top side: the grouped interval spans both runs' ratios; one group per side is the
+    plain bootstrap, same seed same interval; empty groups are left out."""
+    base = [[(100.0, 1.0)] * 10, [(100.0, 1.0)] * 10]
+    top = [[(180.0, 1.0)] * 10, [(220.0, 1.0)] * 10]
+    out = iv.bootstrap_groups(top, base, iv.busy_rate, seed=4, resamples=400)
+    assert out.value == pytest.approx(2.0) and out.n_a == 20
+    assert out.lo == pytest.approx(1.8) and out.hi == pytest.approx(2.2)
+    one = iv.bootstrap_groups([top[0]], [base[0]], iv.busy_rate, seed=4, resamples=400)
+    assert (one.lo, one.hi) == (pytest.approx(1.8), pytest.approx(1.8))
+    plain = iv.bootstrap_ratio([1.0, 2.0, 4.0], [1.0, 1.5], iv.mean, seed=9, resamples=300)
+    assert plain == iv.bootstrap_groups([[1.0, 2.0, 4.0], []], [[1.0, 1.5]], iv.mean, seed=9, resamples=300)

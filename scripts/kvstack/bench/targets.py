@@ -2,9 +2,9 @@
 the run's samples allow one (:mod:`kvstack.intervals`), and the failures behind it. Whether one is
 met is :func:`kvstack.intervals.verdict`'s call (the report's), never decided here.
 
-Intervals: throughput ratios by a bootstrap over each configuration's conversations (tokens per
-request-second, :func:`kvstack.intervals.busy_rate`, rescaled to the wall-clock ratio); TTFT
-ratios by a bootstrap over the requests. The data path's ratio and the per-node hit rates have
+Intervals: throughput ratios by a bootstrap over each configuration's repeats and conversations
+(tokens per request-second, :func:`kvstack.intervals.busy_rate`, rescaled to the wall-clock
+ratio); TTFT ratios by a bootstrap over the requests. The data path's ratio and the per-node hit rates have
 no samples to resample: their rows carry no interval and so cannot be met."""
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ def throughput_target(
     seed: int = 0,
 ) -> Target:
     """tokens/s of *top* over *base* against ``TARGETS[key]``, with a bootstrap interval over
-    their runs' conversations (each repeat's apart)."""
+    their repeats and, within each, their conversations."""
     tps = [((r or {}).get("summary") or {}).get("total_tokens_per_s") for r in (top, base)]
     value = tps[0] / tps[1] if tps[0] and tps[1] else None
-    work = []
+    work = []  # per configuration, per repeat: its conversations' work
     for r in (top, base):
         recs = _records(run_dir, [x["file"] for x in (r or {}).get("repeats", [])])
-        work.append([w for rs in recs for w in iv.conversation_work(rs)] if recs else [])
-    interval = iv.bootstrap_ratio(work[0], work[1], iv.busy_rate, seed=seed) if value else None
+        work.append([iv.conversation_work(rs) for rs in recs] if recs else [])
+    interval = iv.bootstrap_groups(work[0], work[1], iv.busy_rate, seed=seed) if value else None
     interval = iv.rescaled(interval, value)
     return _row(
         name,
