@@ -240,7 +240,7 @@ def per_kernel(nodes: list[dict[str, float]]) -> list[dict[str, float]]:
     nodes) read the same /proc/stat and /proc/diskstats, so their CPU seconds and disk bytes are
     the host's, counted once. Same kernel = same ``node_boot_time_seconds``; a node without it
     counts on its own."""
-    seen: set[float] = set()
+    seen: set[int] = set()
     out = []
     for d in nodes:
         boot = d.get("node_boot_time_seconds")

@@ -184,8 +184,7 @@ def _probe(n: int = 3, **phases: list[float]) -> dict:
 def test_targets_hand_computed(tmp_path):
     """Steady runs: every request of none carries 100 tokens in 0.2 s, of dram+kv 250, so the
     ratio is 2.5 in every resample of the 40 conversations (interval 2.5-2.5: missed, not
-    inconclusive). Probe: KV 0.1 s
-    against vLLM's 0.08 s in every sample: 1.25, met at <= 1.25."""
+    inconclusive). Probe: KV 0.1 s against vLLM's 0.08 s in every sample: 1.25, met at <= 1.25."""
     _steady(tmp_path / "runs/none.jsonl", 100)
     _steady(tmp_path / "runs/top.jsonl", 250)
     results = {

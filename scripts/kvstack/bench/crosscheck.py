@@ -79,19 +79,15 @@ def _measured(ctx: Context, sources: list[m.Source], run: Any) -> tuple[Any, dic
     return out, {**cost, "deltas": deltas}
 
 
-def _hit_rate(deltas: dict[str, dict[str, float]]) -> float | None:
-    """vLLM's prefix-cache hit rate over a run."""
-    vd = deltas.get("vllm", {})
-    q = m.total(vd, "vllm:prefix_cache_queries_total")
-    return m.total(vd, "vllm:prefix_cache_hits_total") / q if q else None
-
-
 def _costs(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     """Both runs' server-side mean TTFT, prefix-cache hit rate, client CPU and wall seconds."""
     both = {"ours": ours, "aiperf": theirs}
     return {
         "server_ttft_mean_s": {k: server_ttft(v["deltas"]) for k, v in both.items()},
-        "prefix_hit_rate": {k: _hit_rate(v["deltas"]) for k, v in both.items()},
+        "prefix_hit_rate": {
+            k: m.summarize(v["deltas"], {"vllm": "vllm"}).get("vLLM prefix-cache hit rate")
+            for k, v in both.items()
+        },
         "client_cpu_s": {k: v["cpu_s"] for k, v in both.items()},
         "wall_s": {k: v["wall_s"] for k, v in both.items()},
     }

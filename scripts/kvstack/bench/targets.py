@@ -4,8 +4,8 @@ met is :func:`kvstack.intervals.verdict`'s call (the report's), never decided he
 
 Intervals: throughput ratios by a bootstrap over each configuration's repeats and conversations
 (tokens per request-second, :func:`kvstack.intervals.busy_rate`, rescaled to the wall-clock
-ratio); TTFT ratios by a bootstrap over the requests. The data path's ratio and the per-node hit rates have
-no samples to resample: their rows carry no interval and so cannot be met."""
+ratio); TTFT ratios by a bootstrap over the requests. The data path's ratio and the per-node hit
+rates have no samples to resample: their rows carry no interval and so cannot be met."""
 
 from __future__ import annotations
 
