@@ -84,6 +84,6 @@ def _run_bench(values: dict) -> None:
 
 # Every option of kvstack.bench.BenchOptions, with its help text, declared there once.
 # No short flags: they would change as options are added.
-run_bench = task(iterable=["set_"], help=_bench_options.task_help(), auto_shortflags=False)(
-    _bench_options.fab_task(_run_bench)
-)
+run_bench = task(
+    iterable=_bench_options.iterable_args(), help=_bench_options.task_help(), auto_shortflags=False
+)(_bench_options.fab_task(_run_bench))

@@ -51,6 +51,11 @@ def test_load_levels():
         ({"switch": False}, "--no-switch"),
         ({"extra_vars": {"tier_profile": "kv"}}, "--set"),
         ({"extra_vars": {"bad-name": "1"}}, "--set"),
+        ({"extra_vars": {"vllm_num_kv_blocks": "9"}}, "--set"),
+        ({"vary": {"lmcache_chunk_size": ("512",)}, "chunk_sizes": (256,)}, "--vary"),
+        ({"vary": {"tier_profile": ("kv",)}}, "--vary"),
+        ({"vary": {"lmcache_kv_workers": ()}}, "--vary"),
+        ({"vary": {"x": ("1",)}, "extra_vars": {"x": "2"}}, "--vary"),
         ({"rocksdb_dir": Path("/nonexistent/kvstack")}, "--rocksdb-dir"),
         ({"routing_load": "q2"}, "--routing-load"),
         ({"routing_load": "fast"}, "--routing-load"),
@@ -90,6 +95,49 @@ def test_cells_and_schedule():
     assert len({tuple(x) for x in orders}) > 1  # shuffled per repeat
     for a, b in itertools.pairwise(plan):
         assert a[0] == b[0] or a[1] != b[1]  # a repeat never starts where the previous ended
+
+
+def test_vary_measures_one_variable_at_a_time_against_the_profile_as_it_is():
+    o = BenchOptions(
+        profiles=("none", "kv"), vary={"lmcache_kv_workers": ("1", "4"), "redis_server_save": ("[]",)}
+    )
+    assert [c.label for c in bench.cells(o)] == [
+        "none",
+        "kv",
+        "kv lmcache_kv_workers=1",
+        "kv lmcache_kv_workers=4",
+        "kv redis_server_save=[]",
+    ]
+    # values reach Ansible as YAML reads them: a boolean, a number, a list, not their strings
+    assert Cell("kv", tweak=("redis_server_appendonly", "false")).extra_vars() == {
+        "tier_profile": "kv",
+        "redis_server_appendonly": False,
+    }
+    assert Cell("kv", tweak=("redis_server_save", "[]")).extra_vars()["redis_server_save"] == []
+    assert bench_options.yaml_value("4") == 4 and bench_options.yaml_value("resp") == "resp"
+    assert bench_options.yaml_value("a: [") == "a: ["  # not YAML: the string as given
+    assert bench_options.kv_side(o) and not bench_options.kv_side(
+        BenchOptions(vary={"lmcache_kv_workers": ("4",)})
+    )
+
+
+def test_a_kv_server_variable_switches_the_kv_hosts_too(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(bench_context.provision, "apply", lambda log, heading, **kw: calls.append(kw) or 1.0)
+    o = BenchOptions(vary={"redis_server_appendonly": ("false",)}, extra_vars={"lmcache_kv_workers": "8"})
+    bench_context.switch(
+        o, ["lab-serve1"], Cell("kv", tweak=("redis_server_appendonly", "false")), tmp_path / "l"
+    )
+    bench_context.switch(o, ["lab-serve1"], None, tmp_path / "l")  # the inventory's own values back
+    assert calls[0]["limit"] == "lab-serve1,kv" and calls[0]["tags"].startswith("redis_server,kvrocks,")
+    assert calls[0]["extra_vars"] == {
+        "lmcache_kv_workers": 8,
+        "tier_profile": "kv",
+        "redis_server_appendonly": False,
+    }
+    assert calls[1]["limit"] == "lab-serve1,kv" and calls[1]["extra_vars"] is None
+    bench_context.switch(BenchOptions(), ["lab-serve1"], Cell("none"), tmp_path / "l")
+    assert calls[2]["limit"] == "lab-serve1" and calls[2]["tags"] == "lmcache,vllm"
 
 
 def test_parse_kv_space():
@@ -424,6 +472,11 @@ def test_command_line_values_become_typed_options():
         bench_options.from_cli({"rounds": "three"})
     with pytest.raises(BenchError, match="--set"):
         bench_options.from_cli({"set_": ["no-equals-sign"]})
+    o = bench_options.from_cli({"vary": ["lmcache_kv_workers=1,4", "redis_server_appendonly=false"]})
+    assert o.vary == {"lmcache_kv_workers": ("1", "4"), "redis_server_appendonly": ("false",)}
+    with pytest.raises(BenchError, match="--vary"):
+        bench_options.from_cli({"vary": ["lmcache_kv_workers"]})
+    assert set(bench_options.iterable_args()) == {"set_", "vary"}
 
 
 def test_kv_bytes_per_token_reads_the_models_dtype_and_head_dim():
@@ -473,6 +526,8 @@ def test_chunk_sizes_are_checked_against_the_nodes_block_size():
         BenchError, match="--chunk-sizes: 200 is not a multiple of lab-serve1's vLLM block size 128"
     ):
         bench_options.check_chunk_sizes(BenchOptions(chunk_sizes=(256, 200)), "lab-serve1", 128)
+    with pytest.raises(BenchError, match="not a multiple"):
+        bench_options.check_chunk_sizes(BenchOptions(vary={"lmcache_chunk_size": ("512", "200")}), "n", 128)
 
 
 def test_ceiling_cells_hold_the_working_set():
@@ -522,6 +577,29 @@ def test_ceiling_and_overhead_targets(tmp_path):
     assert over["value"] == pytest.approx(0.975) and report.evaluate_target(over)["status"] == "met"
     results["plan"]["ceiling"] = []
     assert not [n for n in (x["name"] for x in bench.targets(results, 4.0, tmp_path)) if "ceiling" in n]
+
+
+def test_a_tuning_row_per_vary_value_against_its_profile(tmp_path):
+    """kv with 4 workers at 300 tokens per window against kv at 250: bought 1.2x, met (a gain);
+    the value not measured has no row value."""
+    for name, tokens in (("kv", 250), ("kv4", 300)):
+        _steady(tmp_path / f"runs/{name}.jsonl", tokens)
+    results = {
+        "options": {"profiles": ["none", "kv"], "vary": {"lmcache_kv_workers": ["4", "8"]}},
+        "runs": [
+            {
+                "profile": label,
+                "load": "c4",
+                "summary": {"total_tokens_per_s": tps, "failed": 0, "unsent": 0},
+                "repeats": [{"repeat": 0, "file": f"runs/{name}.jsonl", "wall_s": 10.0, "meta": {}}],
+            }
+            for label, name, tps in (("kv", "kv", 1000.0), ("kv lmcache_kv_workers=4", "kv4", 1200.0))
+        ],
+    }
+    t = {x["name"]: x for x in bench.targets(results, 4.0, tmp_path)}
+    four = t["tuning: tokens/s kv lmcache_kv_workers=4 vs kv"]
+    assert four["value"] == pytest.approx(1.2) and report.evaluate_target(four)["status"] == "met"
+    assert t["tuning: tokens/s kv lmcache_kv_workers=8 vs kv"]["value"] is None
 
 
 def test_routing_without_the_tier_gets_its_own_row(tmp_path):

@@ -15,7 +15,7 @@ from typing import Any
 
 from kvstack import provision, stack
 from kvstack.bench import workload
-from kvstack.bench.options import BenchError, BenchOptions, Load, check_chunk_sizes
+from kvstack.bench.options import BenchError, BenchOptions, Load, check_chunk_sizes, kv_side, yaml_value
 from kvstack.bench.results import Results, now
 from kvstack.log import brief, progress
 from kvstack.stats import SLO
@@ -32,17 +32,21 @@ AMPLE = ", ample vLLM cache"
 
 @dataclass(frozen=True)
 class Cell:
-    """A stack configuration to measure: tier profile, (optionally) LMCache chunk size, and
-    (optionally) vLLM's own cache in blocks (``vllm_num_kv_blocks``; the ceiling's cells)."""
+    """A stack configuration to measure: tier profile, (optionally) LMCache chunk size,
+    (optionally) vLLM's own cache in blocks (``vllm_num_kv_blocks``; the ceiling's cells), and
+    (optionally) one ``--vary`` variable's value (*tweak*: name and the value as given)."""
 
     profile: str
     chunk: int | None = None
     kv_blocks: int | None = None
+    tweak: tuple[str, str] | None = None
 
     @property
     def label(self) -> str:
         """The report's profile column."""
         label = self.profile if self.chunk is None else f"{self.profile} chunk={self.chunk}"
+        if self.tweak:
+            label += f" {self.tweak[0]}={self.tweak[1]}"
         return label + (AMPLE if self.kv_blocks else "")
 
     def extra_vars(self) -> dict[str, Any]:
@@ -52,21 +56,28 @@ class Cell:
             ev["lmcache_chunk_size"] = self.chunk
         if self.kv_blocks:
             ev["vllm_num_kv_blocks"] = self.kv_blocks
+        if self.tweak:
+            ev[self.tweak[0]] = yaml_value(self.tweak[1])
         return ev
 
 
 def switch(o: BenchOptions, nodes: list[str], cell: Cell | None, log: Path) -> float:
-    """Apply *cell* (None: the inventory's own values) to the serving *nodes* through site.yml;
-    returns the seconds it took."""
+    """Apply *cell* (None: the inventory's own values) to the serving *nodes* through site.yml,
+    and to the kv hosts as well when a ``--set``/``--vary`` variable is the KV server's; returns
+    the seconds it took."""
     what = cell.label if cell else "the inventory's tier profile"
-    progress(f"switching {', '.join(nodes)} to {what} (site.yml --tags lmcache,vllm)")
+    tags, limit = "lmcache,vllm", ",".join(nodes)
+    if kv_side(o):
+        tags, limit = "redis_server,kvrocks," + tags, limit + ",kv"
+    progress(f"switching {limit} to {what} (site.yml --tags {tags})")
+    ev = {k: yaml_value(v) for k, v in o.extra_vars.items()}
     return provision.apply(
         log,
         f"{now()} switch to {what}",
         inventory=o.inventory,
-        limit=",".join(nodes),
-        tags="lmcache,vllm",
-        extra_vars={**o.extra_vars, **cell.extra_vars()} if cell else None,
+        limit=limit,
+        tags=tags,
+        extra_vars={**ev, **cell.extra_vars()} if cell else None,
     )
 
 

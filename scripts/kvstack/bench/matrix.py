@@ -18,13 +18,16 @@ from kvstack.measure import measured_run
 
 
 def cells(o: BenchOptions) -> list[Cell]:
-    """Profiles x chunk sizes (``none`` does not use LMCache: one cell)."""
+    """Profiles x chunk sizes (``none`` does not use LMCache: one cell), then each LMCache
+    profile once per ``--vary`` value (one variable at a time, the rest as the inventory has them)."""
     out = []
     for p in o.profiles:
         if o.chunk_sizes and p != "none":
             out += [Cell(p, c) for c in o.chunk_sizes]
         else:
             out.append(Cell(p))
+        if p != "none":
+            out += [Cell(p, tweak=(k, v)) for k, vs in o.vary.items() for v in vs]
     return out
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kvstack import REPO, report
 
 PROFILES = report.PROFILES
@@ -52,6 +54,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "routing_kv_ratio": 1.5,
     },
 }
+
+
+#: variables of the KV server's roles: a --set/--vary of one re-applies the kv hosts as well
+KV_SERVER_PREFIXES = ("redis_server_", "kvrocks_")
+#: options given as repeated NAME=VALUE flags (invoke's iterable arguments)
+ITERABLE = ("extra_vars", "vary")
 
 
 class BenchError(ValueError):
@@ -229,6 +237,16 @@ class BenchOptions:
             "NAME=VALUE: an Ansible variable for every profile switch (tuning), repeatable", None, cli="set_"
         ),
     )
+    vary: dict[str, tuple[str, ...]] = field(
+        default_factory=dict,
+        metadata=meta(
+            "NAME=V1,V2: each LMCache profile measured again with each value of one Ansible variable, "
+            "one variable at a time against the inventory's own (tuning; a redis_server_ or kvrocks_ "
+            "variable re-applies the kv hosts too), repeatable",
+            None,
+            cli="vary",
+        ),
+    )
     node: str | None = field(
         default=None, metadata=meta("serving node to measure (default: the first of group serving)")
     )
@@ -316,13 +334,8 @@ def _check_run(o: BenchOptions) -> None:
     for name in ("slo_ttft_ms", "slo_tpot_ms"):
         if getattr(o, name) <= 0:
             raise BenchError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(o, name)}")
-    reserved = {"tier_profile", "lmcache_chunk_size"} & set(o.extra_vars)
-    if reserved:
-        raise BenchError(f"--set: {', '.join(sorted(reserved))} is set by --profiles / --chunk-sizes")
-    bad_names = [k for k in o.extra_vars if not re.fullmatch(r"[a-z_][a-z0-9_]*", k)]
-    if bad_names:
-        raise BenchError(f"--set: {', '.join(bad_names)} is not an Ansible variable name")
-    if (o.chunk_sizes or len(o.profiles) > 1 or o.probe or o.extra_vars) and not o.switch:
+    _check_vars(o)
+    if (o.chunk_sizes or len(o.profiles) > 1 or o.probe or o.extra_vars or o.vary) and not o.switch:
         raise BenchError(
             "--no-switch runs the profile the nodes have: give one --profiles entry and --no-probe"
         )
@@ -334,12 +347,55 @@ def _check_run(o: BenchOptions) -> None:
         raise BenchError(f"--rocksdb-dir: {o.rocksdb_dir} is not a directory")
 
 
+def _check_vars(o: BenchOptions) -> None:
+    """``--set`` and ``--vary``: Ansible variable names, none the matrix sets itself, none in both,
+    each ``--vary`` with a value."""
+    matrix_vars = {"tier_profile", "vllm_num_kv_blocks"}
+    chunk = {"lmcache_chunk_size"}
+    for flag, names, own in (
+        ("--set", list(o.extra_vars), matrix_vars | chunk),
+        ("--vary", list(o.vary), matrix_vars | (chunk if o.chunk_sizes else set())),
+    ):
+        reserved = own & set(names)
+        if reserved:
+            raise BenchError(
+                f"{flag}: {', '.join(sorted(reserved))} is set by --profiles / --chunk-sizes / --ceiling"
+            )
+        bad_names = [k for k in names if not re.fullmatch(r"[a-z_][a-z0-9_]*", k)]
+        if bad_names:
+            raise BenchError(f"{flag}: {', '.join(bad_names)} is not an Ansible variable name")
+    both = sorted(set(o.extra_vars) & set(o.vary))
+    if both:
+        raise BenchError(f"--vary: {', '.join(both)} is also given to --set")
+    empty = sorted(k for k, v in o.vary.items() if not v)
+    if empty:
+        raise BenchError(f"--vary: {', '.join(empty)} has no values (NAME=V1,V2)")
+
+
+def kv_side(o: BenchOptions) -> bool:
+    """Whether a ``--set``/``--vary`` variable belongs to the KV server's roles (the switches
+    then re-apply the kv hosts too)."""
+    return any(k.startswith(KV_SERVER_PREFIXES) for k in (*o.extra_vars, *o.vary))
+
+
+def yaml_value(raw: str) -> Any:
+    """A ``--set``/``--vary`` value as Ansible's YAML reads it (``false``, ``4``, ``[]``), so a
+    role sees a boolean or a list, not the string; an unreadable one stays a string."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
 def check_chunk_sizes(o: BenchOptions, node: str, block_size: int) -> None:
-    """``--chunk-sizes`` against the node's vLLM block size (the CPU build's 128, CUDA's 16 by
-    default: roles/lmcache's ``lmcache_engine_block_size``), known once the endpoints are."""
-    for c in o.chunk_sizes:
-        if c % block_size:
-            raise BenchError(f"--chunk-sizes: {c} is not a multiple of {node}'s vLLM block size {block_size}")
+    """``--chunk-sizes`` (and ``--vary lmcache_chunk_size=``) against the node's vLLM block size
+    (the CPU build's 128, CUDA's 16 by default: roles/lmcache's ``lmcache_engine_block_size``),
+    known once the endpoints are."""
+    given = [("--chunk-sizes", c) for c in o.chunk_sizes]
+    given += [("--vary lmcache_chunk_size", yaml_value(v)) for v in o.vary.get("lmcache_chunk_size", ())]
+    for flag, c in given:
+        if not isinstance(c, int) or c < 1 or c % block_size:
+            raise BenchError(f"{flag}: {c} is not a multiple of {node}'s vLLM block size {block_size}")
 
 
 def validate(o: BenchOptions) -> list[Load]:
@@ -379,7 +435,9 @@ def from_cli(values: dict[str, Any]) -> BenchOptions:
         if raw is None:
             continue
         if f.name == "extra_vars":
-            kwargs[f.name] = _set_pairs(raw)
+            kwargs[f.name] = _set_pairs(raw, "--set")
+        elif f.name == "vary":
+            kwargs[f.name] = {k: _csv(str)(v) for k, v in _set_pairs(raw, "--vary").items()}
         elif f.metadata["parse"] is None:
             kwargs[f.name] = bool(raw)
         else:
@@ -390,14 +448,19 @@ def from_cli(values: dict[str, Any]) -> BenchOptions:
     return BenchOptions(**kwargs)
 
 
-def _set_pairs(items: list[str]) -> dict[str, str]:
+def _set_pairs(items: list[str], flag: str) -> dict[str, str]:
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise BenchError(f"--set: {item!r}: expected NAME=VALUE")
+            raise BenchError(f"{flag}: {item!r}: expected NAME=VALUE")
         out[name.strip()] = value
     return out
+
+
+def iterable_args() -> list[str]:
+    """The task's arguments given as repeated flags (invoke's ``iterable``)."""
+    return [_cli_name(f) for f in fields(BenchOptions) if f.name in ITERABLE]
 
 
 def task_help() -> dict[str, str]:
@@ -415,7 +478,7 @@ def fab_task(body: Callable[[dict[str, Any]], None]) -> Callable[..., None]:
 
     params = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for f in fields(BenchOptions):
-        default = f.default if f.metadata["parse"] is None and f.name != "extra_vars" else None
+        default = f.default if f.metadata["parse"] is None and f.name not in ITERABLE else None
         params.append(inspect.Parameter(_cli_name(f), inspect.Parameter.KEYWORD_ONLY, default=default))
     run_bench.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run_bench.__doc__ = body.__doc__

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kvstack import intervals as iv
 from kvstack import report, routing
-from kvstack.bench.context import AMPLE
+from kvstack.bench.context import AMPLE, Cell
 from kvstack.bench.probe import PROBE_TOKENS, phase_problems
 from kvstack.results_schema import ResultsJson, RunEntry, Target
 from kvstack.stats import RequestResult, read_jsonl
@@ -27,6 +27,8 @@ TARGETS = {
     "kv_vs_local_hit_x": 1.25,
     "cold_vs_kv_x": 5.0,
     "l2_vs_raw": 0.70,
+    #: a --vary value against its profile as the inventory has it: worth adopting only above 1
+    "tuning": 1.0,
 }
 
 
@@ -111,6 +113,28 @@ def ceiling_targets(
             )
         )
     return out
+
+
+def tuning_targets(
+    results: ResultsJson, runs: dict[tuple[str, str], RunEntry], load: str, run_dir: Path | None
+) -> list[Target]:
+    """At *load*: each ``--vary`` value's cell against its profile as the inventory has it (what
+    the change bought; met only when its interval clears 1, i.e. a measured gain)."""
+    o = results.get("options") or {}
+    return [
+        throughput_target(
+            f"tuning: tokens/s {cell.label} vs {p}",
+            "tuning",
+            runs.get((p, load)),
+            runs.get((cell.label, load)),
+            run_dir,
+            f"load {load}, one variable changed",
+        )
+        for p in o.get("profiles") or []
+        if p != "none"
+        for k, vs in (o.get("vary") or {}).items()
+        for cell in (Cell(p, tweak=(k, str(v))) for v in vs)
+    ]
 
 
 def probe_targets(results: ResultsJson) -> list[Target]:
@@ -226,4 +250,5 @@ def targets(results: ResultsJson, ws_ratio: float | None, run_dir: Path | None =
             )
         )
         out += ceiling_targets(results, runs, load, run_dir)
+        out += tuning_targets(results, runs, load, run_dir)
     return [*out, *probe_targets(results), datapath_target(results), *routing_targets(results, run_dir)]
