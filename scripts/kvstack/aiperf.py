@@ -191,3 +191,22 @@ def read_summary(artifact_dir: Path) -> dict[str, Any]:
     out["errors"] = sum(int(e.get("count", 1)) for e in doc.get("error_summary") or [])
     out["version"] = doc.get("aiperf_version")
     return out
+
+
+def read_requests(artifact_dir: Path) -> dict[str, list[float]]:
+    """Per request of AIPerf's profiling phase (``profile_export.jsonl``; cancelled and failed ones
+    left out): TTFT and TPOT in seconds, the samples the cross-check's intervals resample."""
+    path = artifact_dir / "profile_export.jsonl"
+    out: dict[str, list[float]] = {ours: [] for ours in METRICS.values()}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        meta = rec.get("metadata") or {}
+        if rec.get("error") or meta.get("was_cancelled") or meta.get("benchmark_phase") != "profiling":
+            continue
+        for name, ours in METRICS.items():
+            v = _seconds((rec.get("metrics") or {}).get(name) or {}, "value")
+            if v is not None:
+                out[ours].append(v)
+    return out

@@ -344,6 +344,12 @@ def _config_tables(runs: Sequence[Mapping[str, Any]], per: str) -> tuple[list[li
     return summary, nodes
 
 
+def _agree(row: Mapping[str, Any]) -> str:
+    """A cross-check row's call (runs before 2026-12-07 stored a boolean)."""
+    a = row["agree"]
+    return a if isinstance(a, str) else ("yes" if a else "no")
+
+
 def _crosscheck_table(results: ResultsJson) -> dict[str, Any] | None:
     """AIPerf beside our client: one row per figure, and the server's own mean TTFT of both runs."""
     cc = results.get("crosscheck")
@@ -355,7 +361,8 @@ def _crosscheck_table(results: ResultsJson) -> dict[str, Any] | None:
             fmt(_ms(r["ours_s"])),
             fmt(_ms(r["aiperf_s"])),
             "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
-            "yes" if r["agree"] else "**no**",
+            "-" if r.get("lo") is None else f"{r['lo']:.2f}-{r['hi']:.2f}x",
+            f"**{_agree(r)}**" if _agree(r) == "no" else _agree(r),
         ]
         for r in cc["rows"]
     ]
@@ -363,7 +370,7 @@ def _crosscheck_table(results: ResultsJson) -> dict[str, Any] | None:
     return {
         **cc,
         "table": rows,
-        "all_agree": all(r["agree"] for r in cc["rows"]),
+        "all_agree": all(_agree(r) != "no" for r in cc["rows"]),
         "server_ours_ms": fmt(_ms(server.get("ours"))),
         "server_aiperf_ms": fmt(_ms(server.get("aiperf"))),
         "client_ms": fmt(_ms(cc.get("client_ttft_mean_s"))),

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from kvstack import aiperf, report
+from kvstack import intervals as iv
 from kvstack.bench import crosscheck
 
 SENT = [
@@ -77,15 +78,44 @@ def test_summary_in_seconds_and_the_comparison(tmp_path):
     assert (theirs["requests"], theirs["errors"], theirs["version"]) == (16, 2, "0.13.0")
     ours = {"ttft": {"p50": 0.1, "p95": 0.2}, "tpot": {"p50": 0.02, "p95": 0.04}}
     rows = {r["figure"]: r for r in crosscheck.compare(ours, theirs)}
-    assert rows["TTFT P50"]["ratio"] == pytest.approx(1.1) and rows["TTFT P50"]["agree"]
-    assert rows["TTFT P95"]["ratio"] == pytest.approx(1.5) and not rows["TTFT P95"]["agree"]
-    assert rows["TPOT P95"]["agree"] and len(rows) == 4
+    assert rows["TTFT P50"]["ratio"] == pytest.approx(1.1) and rows["TTFT P50"]["agree"] == "yes"
+    assert rows["TTFT P95"]["ratio"] == pytest.approx(1.5) and rows["TTFT P95"]["agree"] == "no"
+    assert rows["TPOT P95"]["agree"] == "yes" and len(rows) == 4 and rows["TPOT P95"]["lo"] is None
     with pytest.raises(aiperf.AiperfError, match=r"no profile_export_aiperf\.json"):
         aiperf.read_summary(tmp_path / "nowhere")
     doc["time_to_first_token"]["unit"] = "tokens"
     (tmp_path / "profile_export_aiperf.json").write_text(json.dumps(doc))
     with pytest.raises(aiperf.AiperfError, match="not a time unit"):
         aiperf.read_summary(tmp_path)
+
+
+def test_a_difference_inside_the_runs_noise_is_not_a_disagreement():
+    """P95 of 20 requests: 1.3x with a heavy tail (three slow requests decide P95) is "within
+    noise": its interval reaches into the 15% band; a tight 1.3x (every request 1.3x) is "no"."""
+    ours = [0.1] * 17 + [0.2, 0.4, 0.6]
+    wide = iv.bootstrap_ratio([x * 1.3 for x in ours], ours, iv.p(95))
+    assert wide.value == pytest.approx(1.3) and crosscheck.agreement(wide.value, wide) == "within noise"
+    tight = [0.2] * 20
+    assert crosscheck.agreement(1.3, iv.bootstrap_ratio([0.26] * 20, tight, iv.p(95))) == "no"
+    assert crosscheck.agreement(1.1, None) == "yes" and crosscheck.agreement(None, None) == "no"
+    assert report._agree({"agree": True}) == "yes" and report._agree({"agree": False}) == "no"
+
+
+def test_aiperf_requests_in_seconds_profiling_phase_only(tmp_path):
+    def line(phase: str, ttft_ms: float, **meta) -> str:
+        metrics = {"time_to_first_token": {"value": ttft_ms, "unit": "ms"}}
+        metrics["inter_token_latency"] = {"value": 20.0, "unit": "ms"}
+        return json.dumps({"metadata": {"benchmark_phase": phase, **meta}, "metrics": metrics})
+
+    (tmp_path / "profile_export.jsonl").write_text(
+        "\n".join(
+            [line("profiling", 100.0), line("warmup", 5.0), line("profiling", 300.0, was_cancelled=True)]
+        )
+        + "\n"
+    )
+    got = aiperf.read_requests(tmp_path)
+    assert got == {"ttft": [pytest.approx(0.1)], "tpot": [pytest.approx(0.02)]}
+    assert aiperf.read_requests(tmp_path / "nowhere") == {"ttft": [], "tpot": []}
 
 
 def test_server_ttft_mean_from_vllms_histogram():

@@ -5,8 +5,10 @@ profile ``none``, and the report sets its TTFT and TPOT P50/P95 beside ours, wit
 Both runs start from an emptied vLLM prefix cache on a node without LMCache, so they meet the same
 cache state; our client runs the conversations closed-loop, each user one conversation to its
 end, which is how AIPerf runs sessions (``--concurrency`` sessions at a time), so both offer the
-same load. They agree when every compared figure is within :data:`AGREE` of ours; where they do
-not, the report shows by how much (and a run with failures says so), with what each run cost
+same load. They agree when every compared figure is within :data:`AGREE` of ours, or when the
+bootstrap interval of AIPerf's figure over ours (both runs' requests resampled) reaches into that
+band ("within noise": one run each cannot tell them apart); where they do not, the report shows
+by how much (and a run with failures says so), with what each run cost
 outside the server: each client's CPU seconds (this process for ours, the AIPerf process tree
 for theirs) over its wall time, and vLLM's prefix-cache hit rate in each run. On the lab the
 clients share two cores with vLLM, so a heavier client slows the server it measures. Our
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kvstack import aiperf, loadgen, stack
+from kvstack import intervals as iv
 from kvstack import metrics as m
 from kvstack.bench import workload
 from kvstack.bench.context import Cell, Context
@@ -40,24 +43,57 @@ def server_ttft(deltas: dict[str, dict[str, float]]) -> float | None:
     return m.total(vd, "vllm:time_to_first_token_seconds_sum") / n if n else None
 
 
-def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str, Any]]:
+def agreement(ratio: float | None, interval: iv.Interval | None) -> str:
+    """``yes``: AIPerf's figure within :data:`AGREE` of ours; ``within noise``: not, but the
+    ratio's interval reaches into that band (the runs cannot tell them apart); ``no``: the whole
+    interval is outside it (or there is no figure to compare)."""
+    if ratio is None:
+        return "no"
+    if abs(ratio - 1) <= AGREE:
+        return "yes"
+    if interval and interval.lo <= 1 + AGREE and interval.hi >= 1 - AGREE:
+        return "within noise"
+    return "no"
+
+
+def compare(
+    ours: dict[str, Any], theirs: dict[str, Any], samples: dict[str, dict[str, list[float]]] | None = None
+) -> list[dict[str, Any]]:
     """Per compared figure (:data:`kvstack.aiperf.METRICS` x :data:`~kvstack.aiperf.STATS`): both
-    values in seconds, AIPerf's over ours, and whether that is within :data:`AGREE`."""
+    values in seconds, AIPerf's over ours, with a bootstrap interval over both runs' requests
+    where *samples* has them (``{"ours"|"aiperf": {"ttft"|"tpot": [s, ...]}}``), and
+    :func:`agreement`'s call."""
     rows = []
     for metric in aiperf.METRICS.values():
         for stat in aiperf.STATS:
             a, b = ours[metric][stat], theirs[metric][stat]
             ratio = b / a if a and b is not None else None
+            interval = None
+            if samples and ratio is not None:
+                interval = iv.bootstrap_ratio(
+                    samples["aiperf"][metric], samples["ours"][metric], iv.p(float(stat[1:]))
+                )
             rows.append(
                 {
                     "figure": f"{metric.upper()} {stat.upper()}",
                     "ours_s": a,
                     "aiperf_s": b,
                     "ratio": ratio,
-                    "agree": ratio is not None and abs(ratio - 1) <= AGREE,
+                    "lo": interval.lo if interval else None,
+                    "hi": interval.hi if interval else None,
+                    "agree": agreement(ratio, interval),
                 }
             )
     return rows
+
+
+def _samples(records: list[Any]) -> dict[str, list[float]]:
+    """Our completed requests' TTFT and TPOT in seconds (as :func:`kvstack.stats.summarize` counts them)."""
+    ok = [r for r in records if r.ok]
+    return {
+        "ttft": [t for r in ok if (t := r.ttft) is not None],
+        "tpot": [t for r in ok if (t := r.tpot) is not None],
+    }
 
 
 def _cpu_s() -> float:
@@ -163,7 +199,9 @@ class CrossCheckStep:
                 "requests": {"ours": s["requests"], "aiperf": theirs["requests"]},
                 "failed": {"ours": s["failed"] + s["unsent"], "aiperf": theirs["errors"]},
                 "aiperf_version": theirs["version"],
-                "rows": compare(s, theirs),
+                "rows": compare(
+                    s, theirs, {"ours": _samples(ours.records), "aiperf": aiperf.read_requests(art)}
+                ),
                 "client_ttft_mean_s": s["ttft"]["mean"],
                 **_costs(c_ours, c_theirs),
             },
