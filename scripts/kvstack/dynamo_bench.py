@@ -152,7 +152,7 @@ def sources_for(ep: Endpoints, nodes: list[str], lmcache: bool) -> list[m.Source
 
 def run_config(
     label: str,
-    conversations: list,
+    passes: list[list],
     lc: LoadConfig,
     ep: Endpoints,
     nodes: list[str],
@@ -162,7 +162,7 @@ def run_config(
     """One measured run through the frontend; returns its entry for results.json."""
     n, lmcache = CONFIGS[label]
     sources = sources_for(ep, nodes, lmcache)
-    run = measure.config_run("dynamo", label, conversations, lc, sources, out_dir, slo)
+    run = measure.config_run("dynamo", label, passes, lc, sources, out_dir, slo)
     workers = per_worker(run.deltas, nodes)
     log_run("dynamo", label, run.summary, workers)
     lm_hits = sum(
@@ -221,8 +221,9 @@ def run_dynamo(
     """Every configuration of :data:`CONFIGS` the inventory allows, in order, then Dynamo back to
     the inventory's settings.
 
-    *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, model, i)* its load
-    config; *save(result)* is called after each run (results survive an interruption).
+    *conversations_for(i)* gives run *i*'s fresh conversation sets (run one after another),
+    *lc_for(url, model, i)* its load config; *save(result)* is called after each run (results
+    survive an interruption).
     """
     workers = require(ep)
     # Addresses as the roles give them with Dynamo on (the inventory may have it off); they do

@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
@@ -140,6 +140,29 @@ class RunResult:
             "conversations_aborted": self.conversations_aborted,
             "turns_unsent": self.turns_unsent,
         }
+
+
+def merged(runs: Sequence[RunResult]) -> RunResult:
+    """Runs one after another as one: records in order (each conversation prefixed with its run's
+    index, ``p1/user0``, when there are several, so passes never share a conversation), wall
+    times, starts, aborts and unsent turns summed; stopped by the last run's reason."""
+    if len(runs) == 1:
+        return runs[0]
+    records = [
+        replace(r, conversation=f"p{k}/{r.conversation}" if r.conversation else r.conversation)
+        for k, run in enumerate(runs)
+        for r in run.records
+    ]
+    return RunResult(
+        records=records,
+        started_at=runs[0].started_at,
+        wall_time_s=sum(r.wall_time_s for r in runs),
+        stopped_by=runs[-1].stopped_by,
+        conversations_started=sum(r.conversations_started for r in runs),
+        conversations_aborted=sum(r.conversations_aborted for r in runs),
+        turns_unsent=sum(r.turns_unsent for r in runs),
+        sent=[x for r in runs for x in r.sent],
+    )
 
 
 def log_progress(label: str, every: int = 10) -> Progress:

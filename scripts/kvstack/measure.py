@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,13 @@ def measured_run(
     lc: loadgen.LoadConfig,
     sources: list[m.Source],
     progress: loadgen.Progress | None = None,
+    more: Sequence[list] = (),
 ) -> Measured:
-    """Run *conversations* with *lc*, *sources*' counters snapshotted before and after."""
+    """Run *conversations* with *lc*, *sources*' counters snapshotted before and after; with
+    *more*, each of those conversation sets after it, one run at a time, as one measured run
+    (:func:`kvstack.loadgen.merged`: the working set stays one set's, the sample grows)."""
     before = m.snapshot_all(sources)
-    out = loadgen.run(conversations, lc, progress)
+    out = loadgen.merged([loadgen.run(c, lc, progress) for c in (conversations, *more)])
     after = m.snapshot_all(sources)
     deltas, errors = m.deltas_between(before, after)
     return Measured(out, deltas, errors, {k: v.counters for k, v in after.items()})
@@ -73,18 +77,19 @@ class ConfigRun:
 def config_run(
     kind: str,
     label: str,
-    conversations: list,
+    passes: Sequence[list],
     lc: loadgen.LoadConfig,
     sources: list[m.Source],
     out_dir: Path,
     slo: SLO,
 ) -> ConfigRun:
-    """:func:`measured_run` of configuration *label* of bench *kind* (progress logged as
-    ``<kind> <label>``); the requests go to ``out_dir/<kind>__<label>.jsonl`` and the counter
-    deltas beside them (:func:`write_run`), the summary is against *slo*."""
-    mr = measured_run(
-        conversations, lc, sources, loadgen.log_progress(f"{kind} {label}", every=max(10, len(conversations)))
-    )
+    """:func:`measured_run` of configuration *label* of bench *kind* over *passes* (conversation
+    sets run one after another; progress logged as ``<kind> <label>``); the requests go to
+    ``out_dir/<kind>__<label>.jsonl`` and the counter deltas beside them (:func:`write_run`), the
+    summary is against *slo*."""
+    first, *more = passes
+    prog = loadgen.log_progress(f"{kind} {label}", every=max(10, len(first)))
+    mr = measured_run(first, lc, sources, prog, more)
     name = write_run(out_dir, f"{kind}__{safe_name(label)}", mr.out.records, mr.deltas)
     summary = summarize(
         mr.out.records, slo=slo, wall_time_s=mr.out.wall_time_s, unsent=mr.out.turns_unsent

@@ -128,7 +128,7 @@ def labelled(config: str, tier: str) -> str:
 
 def run_config(
     label: str,
-    conversations: list,
+    passes: list[list],
     lc: LoadConfig,
     ep: Endpoints,
     router: Router,
@@ -148,7 +148,7 @@ def run_config(
     label = labelled(label, tier)
     sources, _ = metric_sources(ep, list(ep.serving), lmcache=not tier)
     sources.append(m.Source("router", "router", lambda: m.scrape(router.metrics_url, ("vllm_router_",))))
-    run = measure.config_run("routing", label, conversations, lc, sources, out_dir, slo)
+    run = measure.config_run("routing", label, passes, lc, sources, out_dir, slo)
     nodes_seen = per_node(run.deltas, {n: vllms[n]["url"] for n in ep.serving})
     log_run("routing", label, run.summary, nodes_seen)
     return {
@@ -216,10 +216,11 @@ def run_routing(
 ) -> Routing:
     """Every configuration of :data:`CONFIGS` the inventory allows, in order.
 
-    *conversations_for(i)* gives run *i*'s fresh conversations, *lc_for(url, model, i)* its load
-    config; *save(result)* is called after each run (results survive an interruption). *tier*:
-    "" with the serving nodes on the inventory's profile, :data:`NO_TIER` with them on ``none``
-    (the caller switched them); *into*: an earlier tier's result to add these runs to.
+    *conversations_for(i)* gives run *i*'s fresh conversation sets (run one after another),
+    *lc_for(url, model, i)* its load config; *save(result)* is called after each run (results
+    survive an interruption). *tier*: "" with the serving nodes on the inventory's profile,
+    :data:`NO_TIER` with them on ``none`` (the caller switched them); *into*: an earlier tier's
+    result to add these runs to.
     """
     router = router_of(ep)
     serving = list(ep.serving)

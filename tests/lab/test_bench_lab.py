@@ -28,6 +28,7 @@ def bench_run(up_lab, tmp_path_factory, request):
     opts = bench.BenchOptions(
         crosscheck=full,
         routing_without_tier=full,
+        routing_passes=2,
         profiles=("none", "kv"),
         users=USERS,
         rounds=ROUNDS,
@@ -183,10 +184,10 @@ def test_routing_runs_per_configuration(bench_run, request):
             assert runs[c]["tier"] == "vLLM cache only"
             assert all(n["lmcache_hit_rate"] in (0, None) for n in runs[c]["per_node"].values())
     assert list(runs) == configs
-    for r in runs.values():
-        assert r["summary"]["requests"] == USERS * ROUNDS and r["summary"]["failed"] == 0
+    for r in runs.values():  # two passes of fresh conversations per configuration
+        assert r["summary"]["requests"] == 2 * USERS * ROUNDS and r["summary"]["failed"] == 0
         # the router's per-backend counter accounts for every request
-        assert sum(n["requests"] for n in r["per_node"].values()) == USERS * ROUNDS
+        assert sum(n["requests"] for n in r["per_node"].values()) == 2 * USERS * ROUNDS
     assert runs["1 node"]["per_node"]["lab-serve2"]["requests"] == 0
     assert all(n["requests"] > 0 for n in runs["2 nodes round_robin"]["per_node"].values())
 

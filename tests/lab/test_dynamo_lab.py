@@ -138,6 +138,7 @@ def dynamo_run(dynamo_on, tmp_path_factory):
     # 2.1k-token histories together outgrow one worker's 16k-token cache between their two rounds.
     opts = bench.BenchOptions(
         dynamo=True,
+        routing_passes=2,
         users=8,
         rounds=2,
         history_tokens=2048,

@@ -60,6 +60,7 @@ def test_load_levels():
         ({"routing_load": "q2"}, "--routing-load"),
         ({"routing_load": "fast"}, "--routing-load"),
         ({"routing_kv_ratio": 0.0}, "--routing-kv-ratio"),
+        ({"routing_passes": 0}, "--routing-passes"),
     ],
 )
 def test_bad_options_are_named(options, named):

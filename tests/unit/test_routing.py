@@ -10,7 +10,7 @@ from test_report import PNG_MAGIC, full_results, summary
 
 from kvstack import loadgen, measure, routing
 from kvstack import results_schema as schema
-from kvstack.stats import SLO, RequestResult
+from kvstack.stats import SLO, RequestResult, read_jsonl
 
 URLS = {"serve1": "http://10.0.0.11:8000", "serve2": "http://10.0.0.12:8000"}
 SRC = "vllm:prompt_tokens_by_source_total"
@@ -141,7 +141,7 @@ def test_config_run_writes_the_runs_files_and_summary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loadgen, "run", fake_run)
     lc = loadgen.LoadConfig("http://router:8100", "tiny")
-    run = measure.config_run("routing", "2 nodes cache_aware", [], lc, [], tmp_path, SLO())
+    run = measure.config_run("routing", "2 nodes cache_aware", [[]], lc, [], tmp_path, SLO())
     assert seen == [("http://router:8100/v1/completions", True)]  # with a progress logger
     assert run.file == "runs/routing__2-nodes-cache_aware.jsonl"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -150,3 +150,10 @@ def test_config_run_writes_the_runs_files_and_summary(tmp_path, monkeypatch):
     ]
     assert run.summary["requests"] == 3 and run.summary["wall_time_s"] == 4.0
     assert run.deltas == {} and run.errors == []
+    # three passes, one after another: one run of their requests, wall times summed, and no two
+    # passes share a conversation (the intervals resample conversations)
+    recs[:] = [RequestResult(i, i + 0.5, i + 0.1, [i + 0.1], 10, 1, conversation="u0") for i in range(3)]
+    run = measure.config_run("routing", "2 nodes round_robin", [[], [], []], lc, [], tmp_path, SLO())
+    assert len(seen) == 4 and run.summary["requests"] == 9 and run.summary["wall_time_s"] == 12.0
+    convs = {r.conversation for r in read_jsonl(tmp_path / "routing__2-nodes-round_robin.jsonl")}
+    assert convs == {"p0/u0", "p1/u0", "p2/u0"}

@@ -49,11 +49,14 @@ class RoutedStep:
                 api_key=api_key,
             )
 
-        def conversations_for(i: int) -> list:
+        def conversations_for(i: int) -> list[list]:
             ratio = o.preset("routing_kv_ratio")
-            return workload.build_workload(
-                o, ctx.tok, ctx.kv_tokens, ctx.seed(self.key, "text", i), ratio
-            ).conversations
+            return [
+                workload.build_workload(
+                    o, ctx.tok, ctx.kv_tokens, ctx.seed(self.key, "text", i, k), ratio
+                ).conversations
+                for k in range(o.preset("routing_passes"))
+            ]
 
         args = (o.inventory, ctx.ep, conversations_for, lc_for, ctx.res.dir / "runs", ctx.log, ctx.slo)
         result = self.runner(*args, lambda r: ctx.res.put(self.key, r))
