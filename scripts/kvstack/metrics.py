@@ -68,13 +68,19 @@ def _key(name: str, labels: dict[str, str]) -> str:
     return f"{name}{{{inner}}}"
 
 
+#: histograms whose buckets are kept (for :func:`histogram_quantile`); every other one keeps only
+#: its ``_sum`` and ``_count``
+KEEP_BUCKETS = ("vllm:time_to_first_token_seconds_bucket",)
+
+
 def parse_prometheus(text: str, prefixes: Iterable[str] | None = None) -> Snapshot:
-    """Parse Prometheus text; histogram buckets are dropped, ``_sum``/``_count`` kept as counters."""
+    """Parse Prometheus text; histogram buckets are dropped but those of :data:`KEEP_BUCKETS`,
+    ``_sum``/``_count`` kept as counters."""
     keep = tuple(prefixes) if prefixes else None
     snap = Snapshot()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.name.endswith("_bucket") or s.name.endswith("_created"):
+            if (s.name.endswith("_bucket") and s.name not in KEEP_BUCKETS) or s.name.endswith("_created"):
                 continue
             if keep and not s.name.startswith(keep):
                 continue
@@ -159,6 +165,35 @@ def total(d: dict[str, float], name: str, **labels: str) -> float:
         if all(f'{lk}="{lv}"' in rest for lk, lv in labels.items()):
             out += v
     return out
+
+
+def histogram_quantile(d: dict[str, float], name: str, q: float) -> float | None:
+    """The *q*-quantile (0..1) of histogram *name* (``<name>_bucket`` deltas in *d*, summed over
+    every other label) as Prometheus' ``histogram_quantile`` estimates it: linear within the
+    bucket it falls in; None without observations, the highest finite bound when it falls in
+    ``+Inf``."""
+    by_le: dict[float, float] = {}
+    for k, v in d.items():
+        base, _, rest = k.partition("{")
+        if base != f"{name}_bucket":
+            continue
+        le = next(
+            (x.split("=", 1)[1].strip('"') for x in rest.rstrip("}").split(",") if x.startswith("le=")), None
+        )
+        if le is not None:
+            by_le[float(le)] = by_le.get(float(le), 0.0) + v
+    bounds = sorted(by_le)
+    if not bounds or by_le[bounds[-1]] <= 0:
+        return None
+    rank, lower, below = q * by_le[bounds[-1]], 0.0, 0.0
+    for le in bounds:
+        if by_le[le] >= rank:
+            if le == float("inf"):
+                return lower
+            inside = by_le[le] - below
+            return lower + (le - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = le, by_le[le]
+    return lower
 
 
 def _ratio(num: float, den: float) -> float | None:

@@ -373,6 +373,10 @@ def _crosscheck_table(results: ResultsJson) -> dict[str, Any] | None:
         "all_agree": all(_agree(r) != "no" for r in cc["rows"]),
         "server_ours_ms": fmt(_ms(server.get("ours"))),
         "server_aiperf_ms": fmt(_ms(server.get("aiperf"))),
+        "server_quantiles": {
+            who: " / ".join(fmt(_ms(q.get(stat))) for stat in ("p50", "p95"))
+            for who, q in (cc.get("server_ttft_s") or {}).items()
+        },
         "client_ms": fmt(_ms(cc.get("client_ttft_mean_s"))),
         "costs": _crosscheck_costs(cc),
     }

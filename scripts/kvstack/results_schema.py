@@ -223,6 +223,8 @@ class CrossCheck(TypedDict):
     rows: list[CrossCheckRow]
     aiperf_version: NotRequired[str | None]
     server_ttft_mean_s: NotRequired[dict[str, float | None]]
+    #: per client: vLLM's TTFT P50/P95 estimated in its histogram's buckets, seconds
+    server_ttft_s: NotRequired[dict[str, dict[str, float | None]]]
     client_ttft_mean_s: NotRequired[float | None]
     prefix_hit_rate: NotRequired[dict[str, float | None]]
     client_cpu_s: NotRequired[dict[str, float]]

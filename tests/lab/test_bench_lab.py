@@ -137,6 +137,7 @@ def test_aiperf_replayed_every_request(bench_run, request):
     assert cc["failed"] == {"ours": 0, "aiperf": 0}
     assert all(r["ours_s"] and r["aiperf_s"] for r in cc["rows"])
     assert all(v for v in cc["server_ttft_mean_s"].values())
+    assert all(q["p50"] and q["p95"] for q in cc["server_ttft_s"].values())  # from its buckets
     assert "## Cross-check with AIPerf" in (out / "report.md").read_text()
 
 

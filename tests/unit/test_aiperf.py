@@ -10,6 +10,7 @@ import pytest
 
 from kvstack import aiperf, report
 from kvstack import intervals as iv
+from kvstack import metrics as m
 from kvstack.bench import crosscheck
 
 SENT = [
@@ -116,6 +117,31 @@ def test_aiperf_requests_in_seconds_profiling_phase_only(tmp_path):
     got = aiperf.read_requests(tmp_path)
     assert got == {"ttft": [pytest.approx(0.1)], "tpot": [pytest.approx(0.02)]}
     assert aiperf.read_requests(tmp_path / "nowhere") == {"ttft": [], "tpot": []}
+
+
+def test_server_ttft_quantiles_from_vllms_buckets():
+    """10 observations: 4 in (0, 0.1], 4 in (0.1, 0.5], 2 in (0.5, 1]: P50 is 1/4 of the way
+    into (0.1, 0.5] = 0.2 s; P95 3/4 into (0.5, 1] = 0.875 s (cumulative buckets, as vLLM's)."""
+    b = 'vllm:time_to_first_token_seconds_bucket{engine="0",le="%s"}'
+    d = {"vllm": {b % "0.1": 4.0, b % "0.5": 8.0, b % "1.0": 10.0, b % "+Inf": 10.0}}
+    q = crosscheck.server_ttft_quantiles(d)
+    assert q["p50"] == pytest.approx(0.2) and q["p95"] == pytest.approx(0.875)
+    assert crosscheck.server_ttft_quantiles({"vllm": {}}) == {"p50": None, "p95": None}
+    snap = m.parse_prometheus(
+        "# TYPE vllm:time_to_first_token_seconds histogram\n"
+        'vllm:time_to_first_token_seconds_bucket{le="0.1"} 4.0\n'
+        'vllm:time_to_first_token_seconds_bucket{le="+Inf"} 5.0\n'
+        "vllm:time_to_first_token_seconds_sum 1.0\nvllm:time_to_first_token_seconds_count 5.0\n"
+        "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+        'vllm:e2e_request_latency_seconds_bucket{le="+Inf"} 5.0\n'
+        "vllm:e2e_request_latency_seconds_sum 1.0\nvllm:e2e_request_latency_seconds_count 5.0\n"
+    )
+    kept = {k for k in snap.values if "_bucket" in k}
+    assert kept == {
+        'vllm:time_to_first_token_seconds_bucket{le="0.1"}',
+        'vllm:time_to_first_token_seconds_bucket{le="+Inf"}',
+    }
+    assert 'vllm:time_to_first_token_seconds_bucket{le="0.1"}' in snap.counters
 
 
 def test_server_ttft_mean_from_vllms_histogram():

@@ -43,6 +43,16 @@ def server_ttft(deltas: dict[str, dict[str, float]]) -> float | None:
     return m.total(vd, "vllm:time_to_first_token_seconds_sum") / n if n else None
 
 
+def server_ttft_quantiles(deltas: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """vLLM's own TTFT P50 and P95 over a run, estimated in its histogram's buckets (as
+    Prometheus' ``histogram_quantile``: only as fine as the buckets), in seconds."""
+    vd = deltas.get("vllm", {})
+    return {
+        stat: m.histogram_quantile(vd, "vllm:time_to_first_token_seconds", float(stat[1:]) / 100)
+        for stat in aiperf.STATS
+    }
+
+
 def agreement(ratio: float | None, interval: iv.Interval | None) -> str:
     """``yes``: AIPerf's figure within :data:`AGREE` of ours; ``within noise``: not, but the
     ratio's interval reaches into that band (the runs cannot tell them apart); ``no``: the whole
@@ -120,6 +130,7 @@ def _costs(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     both = {"ours": ours, "aiperf": theirs}
     return {
         "server_ttft_mean_s": {k: server_ttft(v["deltas"]) for k, v in both.items()},
+        "server_ttft_s": {k: server_ttft_quantiles(v["deltas"]) for k, v in both.items()},
         "prefix_hit_rate": {
             k: m.summarize(v["deltas"], {"vllm": "vllm"}).get("vLLM prefix-cache hit rate")
             for k, v in both.items()
