@@ -204,13 +204,17 @@ class Ceiling(TypedDict):
 
 
 class CrossCheckRow(TypedDict):
-    """``crosscheck.rows[]``: one figure (TTFT/TPOT at P50/P95), ours and AIPerf's in seconds."""
+    """``crosscheck.rows[]``: one figure (TTFT/TPOT at P50/P95), ours and AIPerf's in seconds, the
+    ratio's bootstrap interval, and the call: ``yes``, ``within noise`` or ``no`` (runs before
+    2026-12-07 stored a boolean and no interval)."""
 
     figure: str
     ours_s: float | None
     aiperf_s: float | None
     ratio: float | None
-    agree: bool
+    lo: NotRequired[float | None]
+    hi: NotRequired[float | None]
+    agree: Literal["yes", "within noise", "no"] | bool
 
 
 class CrossCheck(TypedDict):

@@ -11,6 +11,7 @@ import pytest
 from kvstack import aiperf, report
 from kvstack import intervals as iv
 from kvstack import metrics as m
+from kvstack import results_schema as schema
 from kvstack.bench import crosscheck
 
 SENT = [
@@ -100,6 +101,10 @@ def test_a_difference_inside_the_runs_noise_is_not_a_disagreement():
     assert crosscheck.agreement(1.3, iv.bootstrap_ratio([0.26] * 20, tight, iv.p(95))) == "no"
     assert crosscheck.agreement(1.1, None) == "yes" and crosscheck.agreement(None, None) == "no"
     assert report._agree({"agree": True}) == "yes" and report._agree({"agree": False}) == "no"
+    row = {"figure": "TTFT P95", "ours_s": 0.2, "aiperf_s": 0.26, "ratio": 1.3, "lo": 0.9, "hi": 1.9}
+    assert schema.problems({**row, "agree": "within noise"}, schema.CrossCheckRow, "row") == []
+    assert schema.problems({**row, "agree": True}, schema.CrossCheckRow, "row") == []  # runs before
+    assert schema.problems({**row, "agree": "maybe"}, schema.CrossCheckRow, "row")
 
 
 def test_aiperf_requests_in_seconds_profiling_phase_only(tmp_path):
