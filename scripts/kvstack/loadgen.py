@@ -165,6 +165,16 @@ def merged(runs: Sequence[RunResult]) -> RunResult:
     )
 
 
+def split_passes(records: Sequence[RequestResult]) -> list[list[RequestResult]]:
+    """The records of a :func:`merged` run, one list per run it merged (by the ``p<k>/`` prefix
+    of their conversation; a run of one pass is one list)."""
+    out: dict[str, list[RequestResult]] = {}
+    for r in records:
+        head, sep, _ = (r.conversation or "").partition("/")
+        out.setdefault(head if sep and head.startswith("p") else "", []).append(r)
+    return list(out.values())
+
+
 def log_progress(label: str, every: int = 10) -> Progress:
     """A progress callback printing one line (``kvstack.log.progress``) every *every* requests and at
     the last planned one."""

@@ -603,6 +603,30 @@ def test_a_tuning_row_per_vary_value_against_its_profile(tmp_path):
     assert t["tuning: tokens/s kv lmcache_kv_workers=8 vs kv"]["value"] is None
 
 
+def test_routing_interval_resamples_the_passes(tmp_path):
+    """Two passes per configuration whose TTFTs differ 2x between passes: the interval over passes
+    (then requests) is wider than one over the pooled requests would be."""
+    (tmp_path / "runs").mkdir()
+    runs = []
+    for policy, base in (("round_robin", 0.2), ("cache_aware", 0.1)):
+        recs = [
+            RequestResult(0.0, 1.0, level, [level], 10, 1, conversation=f"p{k}/u{i}")
+            for k, scale in enumerate((1.0, 2.0))
+            for i in range(40)
+            for level in [base * scale * (1 + i / 40)]
+        ]
+        f = f"runs/{policy}.jsonl"
+        (tmp_path / f).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
+        runs.append(
+            {"config": f"2 nodes {policy}", "file": f, "summary": {"failed": 0, "unsent": 0}, "per_node": {}}
+        )
+    results = {"runs": [], "routing": {"runs": runs, "target": {"measured": 2.0, "hit_rate_higher_on": {}}}}
+    row = {x["name"]: x for x in bench.targets(results, None, tmp_path)}[
+        "TTFT P95 round-robin vs cache-aware routing (2 nodes)"
+    ]
+    assert row["lo"] < 1.5 < 2.0 < row["hi"]  # passes 2x apart: the ratio is not known to +-25%
+
+
 def test_routing_without_the_tier_gets_its_own_row(tmp_path):
     """The routing configurations run again on profile none are labelled apart and get their own
     ratio and interval; the share-of-nodes row stays the inventory tier's."""

@@ -155,5 +155,7 @@ def test_config_run_writes_the_runs_files_and_summary(tmp_path, monkeypatch):
     recs[:] = [RequestResult(i, i + 0.5, i + 0.1, [i + 0.1], 10, 1, conversation="u0") for i in range(3)]
     run = measure.config_run("routing", "2 nodes round_robin", [[], [], []], lc, [], tmp_path, SLO())
     assert len(seen) == 4 and run.summary["requests"] == 9 and run.summary["wall_time_s"] == 12.0
-    convs = {r.conversation for r in read_jsonl(tmp_path / "routing__2-nodes-round_robin.jsonl")}
-    assert convs == {"p0/u0", "p1/u0", "p2/u0"}
+    merged = read_jsonl(tmp_path / "routing__2-nodes-round_robin.jsonl")
+    assert {r.conversation for r in merged} == {"p0/u0", "p1/u0", "p2/u0"}
+    assert [len(g) for g in loadgen.split_passes(merged)] == [3, 3, 3]  # the passes, for the intervals
+    assert [len(g) for g in loadgen.split_passes(recs)] == [3]  # one run: one pass

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kvstack import intervals as iv
-from kvstack import report, routing
+from kvstack import loadgen, report, routing
 from kvstack.bench.context import AMPLE, Cell
 from kvstack.bench.probe import PROBE_TOKENS, phase_problems
 from kvstack.results_schema import ResultsJson, RunEntry, Target
@@ -185,14 +185,18 @@ def datapath_target(results: ResultsJson) -> Target:
 
 def _routing_p95(results: ResultsJson, run_dir: Path | None, tier: str) -> Target:
     """TTFT P95 round-robin over cache-aware on 2 nodes with the serving nodes on *tier* (""
-    the inventory's profile), with a bootstrap interval over the two runs' requests."""
+    the inventory's profile), with a bootstrap interval over the two runs' passes
+    (``--routing-passes``), then the requests within each."""
     rt = results.get("routing") or {}
     by = {r["config"]: r for r in rt.get("runs", [])}
     rr = by.get(routing.labelled("2 nodes round_robin", tier))
     ca = by.get(routing.labelled("2 nodes cache_aware", tier))
     recs = _records(run_dir, [r["file"] for r in (rr, ca) if r and r.get("file")]) if rr and ca else None
-    ttfts = [[x.ttft for x in rs if x.ok and x.ttft is not None] for rs in recs] if recs else [[], []]
-    interval = iv.bootstrap_ratio(ttfts[0], ttfts[1], iv.p(95), seed=2) if len(ttfts) == 2 else None
+    ttfts = [
+        [[x.ttft for x in g if x.ok and x.ttft is not None] for g in loadgen.split_passes(rs)]
+        for rs in recs or []
+    ]
+    interval = iv.bootstrap_groups(ttfts[0], ttfts[1], iv.p(95), seed=2) if len(ttfts) == 2 else None
     fig = rt.get("target_without_tier" if tier else "target") or {}
     return _row(
         f"TTFT P95 round-robin vs cache-aware routing (2 nodes{', ' + tier if tier else ''})",
