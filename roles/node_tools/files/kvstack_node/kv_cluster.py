@@ -1,0 +1,117 @@
+"""The sharded KV tier's topology, computed from the inventory (issue: the KV tier across several
+servers). Pure functions, standard library only; applying them to live servers is the roles' job.
+
+- :func:`node_id`: a stable 40-character node id from a host's inventory name, so the topology
+  pushed to Kvrocks (``CLUSTERX SETNODEID`` / ``SETNODES``) is the same on every run.
+- :func:`plan_slots`: which of the 16,384 hash slots each master serves. Given the assignment in
+  place, it keeps every slot where it is unless its master left or holds more than its even
+  share, and hands the rest to the masters below their share: growing from N to N+1 masters moves
+  about 1/(N+1) of the slots, all to the new one, and every key whose slot stays keeps serving.
+- :func:`moves`: the slots that change master between two assignments (what must be migrated).
+- :func:`setnodes`: Kvrocks' ``CLUSTERX SETNODES`` text of a topology (one line per node:
+  ``<id> <ip> <port> master - <slots>`` or ``<id> <ip> <port> slave <master id>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+#: Redis Cluster's and Kvrocks' hash slots
+SLOTS = 16384
+
+
+def node_id(name: str) -> str:
+    """A node's cluster id: the SHA-1 of its inventory name (40 hex characters)."""
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+def shares(masters: Sequence[str]) -> dict[str, int]:
+    """Each master's even share of the slots, in *masters*' order (the first ones get one more
+    when the slots do not divide evenly)."""
+    if not masters:
+        raise ValueError("a cluster needs at least one master")
+    if len(set(masters)) != len(masters):
+        raise ValueError(f"a master is listed twice: {list(masters)}")
+    base, extra = divmod(SLOTS, len(masters))
+    return {m: base + (1 if i < extra else 0) for i, m in enumerate(masters)}
+
+
+def plan_slots(current: Mapping[str, Iterable[int]], masters: Sequence[str]) -> dict[str, set[int]]:
+    """The slots of each of *masters*, moving as few as possible from *current* (master -> slots
+    it serves now; masters not in *masters* are leaving). Every slot is assigned exactly once."""
+    quota = shares(masters)
+    owner: dict[int, str] = {}
+    for m, slots in current.items():
+        for s in slots:
+            if not 0 <= s < SLOTS:
+                raise ValueError(f"slot {s} of {m} is not in 0-{SLOTS - 1}")
+            if s in owner:
+                raise ValueError(f"slot {s} is served by both {owner[s]} and {m}")
+            owner[s] = m
+    out: dict[str, set[int]] = {m: set() for m in masters}
+    free: list[int] = []
+    for s in range(SLOTS):
+        m = owner.get(s)
+        if m in out and len(out[m]) < quota[m]:
+            out[m].add(s)
+        else:
+            free.append(s)
+    for m in masters:  # the free slots, lowest first, to each master up to its share
+        need = quota[m] - len(out[m])
+        out[m].update(free[:need])
+        del free[:need]
+    return out
+
+
+def moves(
+    current: Mapping[str, Iterable[int]], target: Mapping[str, Iterable[int]]
+) -> dict[int, tuple[str | None, str]]:
+    """Slot -> (master now or None, master in *target*) for every slot whose master changes."""
+    was = {s: m for m, slots in current.items() for s in slots}
+    return {s: (was.get(s), m) for m, slots in target.items() for s in slots if was.get(s) != m}
+
+
+def ranges(slots: Iterable[int]) -> list[tuple[int, int]]:
+    """*slots* as sorted inclusive ranges."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(set(slots)):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+@dataclass(frozen=True)
+class Node:
+    """A cluster member: its inventory name, the address clients reach it at, and for a replica
+    the name of its master (None: a master)."""
+
+    name: str
+    ip: str
+    port: int
+    master: str | None = None
+
+
+def setnodes(nodes: Sequence[Node], slots: Mapping[str, Iterable[int]]) -> str:
+    """Kvrocks' ``CLUSTERX SETNODES`` topology text: masters with their slot ranges (``a-b``, or
+    ``a`` for one slot), replicas with their master's id; ids from :func:`node_id`."""
+    names = {n.name for n in nodes}
+    owner: dict[int, str] = {}
+    for n in nodes:
+        for s in slots.get(n.name, ()) if n.master is None else ():
+            if s in owner:
+                raise ValueError(f"slot {s} is given to both {owner[s]} and {n.name}")
+            owner[s] = n.name
+    lines = []
+    for n in nodes:
+        if n.master is None:
+            spans = " ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges(slots.get(n.name, ())))
+            lines.append(f"{node_id(n.name)} {n.ip} {n.port} master - {spans}".rstrip())
+        elif n.master not in names or next(x for x in nodes if x.name == n.master).master is not None:
+            raise ValueError(f"{n.name}: its master {n.master} is not a master of this cluster")
+        else:
+            lines.append(f"{node_id(n.name)} {n.ip} {n.port} slave {node_id(n.master)}")
+    return "\n".join(lines)
