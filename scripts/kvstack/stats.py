@@ -255,6 +255,12 @@ def _itl_view(ok: Sequence[RequestResult]) -> tuple[str, float | None]:
     return per, (sum(m for m, _ in multi) / reads if reads else None)
 
 
+def latencies(records: Iterable[RequestResult], name: str) -> list[float]:
+    """The completed requests' *name* (``ttft``, ``tpot`` or ``e2e``), seconds, where defined: the
+    samples the summary's distributions and the intervals are taken over."""
+    return [v for r in records if r.ok and (v := getattr(r, name)) is not None]
+
+
 def summarize(
     records: Sequence[RequestResult],
     *,
@@ -287,12 +293,12 @@ def summarize(
         input_tokens_per_s=rate(n_in),
         output_tokens_per_s=rate(n_out),
         requests_per_s=rate(len(ok)),
-        ttft=Dist.of(r.ttft for r in ok if r.ttft is not None),
-        tpot=Dist.of(t for r in ok if (t := r.tpot) is not None),
+        ttft=Dist.of(latencies(ok, "ttft")),
+        tpot=Dist.of(latencies(ok, "tpot")),
         itl=Dist.of(x for r in ok for x in r.itls),
         itl_per=itl_per,
         itl_multi_token_share=multi,
-        e2e=Dist.of(r.e2e for r in ok if r.e2e is not None),
+        e2e=Dist.of(latencies(ok, "e2e")),
         slo=slo,
         good=good,
         goodput_fraction=good / planned if planned else 0.0,

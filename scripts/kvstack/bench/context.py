@@ -70,14 +70,9 @@ def switch(o: BenchOptions, nodes: list[str], cell: Cell | None, log: Path) -> f
     if kv_side(o):
         tags, limit = "redis_server,kvrocks," + tags, limit + ",kv"
     progress(f"switching {limit} to {what} (site.yml --tags {tags})")
-    ev = {k: yaml_value(v) for k, v in o.extra_vars.items()}
+    ev = {**{k: yaml_value(v) for k, v in o.extra_vars.items()}, **cell.extra_vars()} if cell else None
     return provision.apply(
-        log,
-        f"{now()} switch to {what}",
-        inventory=o.inventory,
-        limit=limit,
-        tags=tags,
-        extra_vars={**ev, **cell.extra_vars()} if cell else None,
+        log, f"{now()} switch to {what}", inventory=o.inventory, limit=limit, tags=tags, extra_vars=ev
     )
 
 

@@ -30,7 +30,7 @@ from kvstack.bench import workload
 from kvstack.bench.context import Cell, Context
 from kvstack.bench.options import BenchOptions
 from kvstack.log import progress
-from kvstack.stats import summarize, write_jsonl
+from kvstack.stats import latencies, summarize, write_jsonl
 
 #: AIPerf's figure / ours within 1 +- this
 AGREE = 0.15
@@ -95,15 +95,6 @@ def compare(
                 }
             )
     return rows
-
-
-def _samples(records: list[Any]) -> dict[str, list[float]]:
-    """Our completed requests' TTFT and TPOT in seconds (as :func:`kvstack.stats.summarize` counts them)."""
-    ok = [r for r in records if r.ok]
-    return {
-        "ttft": [t for r in ok if (t := r.ttft) is not None],
-        "tpot": [t for r in ok if (t := r.tpot) is not None],
-    }
 
 
 def _cpu_s() -> float:
@@ -211,7 +202,12 @@ class CrossCheckStep:
                 "failed": {"ours": s["failed"] + s["unsent"], "aiperf": theirs["errors"]},
                 "aiperf_version": theirs["version"],
                 "rows": compare(
-                    s, theirs, {"ours": _samples(ours.records), "aiperf": aiperf.read_requests(art)}
+                    s,
+                    theirs,
+                    {
+                        "ours": {k: latencies(ours.records, k) for k in aiperf.METRICS.values()},
+                        "aiperf": aiperf.read_requests(art),
+                    },
                 ),
                 "client_ttft_mean_s": s["ttft"]["mean"],
                 **_costs(c_ours, c_theirs),

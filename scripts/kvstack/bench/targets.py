@@ -17,7 +17,7 @@ from kvstack import loadgen, report, routing
 from kvstack.bench.context import AMPLE, Cell
 from kvstack.bench.probe import PROBE_TOKENS, phase_problems
 from kvstack.results_schema import ResultsJson, RunEntry, Target
-from kvstack.stats import RequestResult, read_jsonl
+from kvstack.stats import RequestResult, latencies, read_jsonl
 from kvstack_node import datapath
 
 TARGETS = {
@@ -192,10 +192,7 @@ def _routing_p95(results: ResultsJson, run_dir: Path | None, tier: str) -> Targe
     rr = by.get(routing.labelled("2 nodes round_robin", tier))
     ca = by.get(routing.labelled("2 nodes cache_aware", tier))
     recs = _records(run_dir, [r["file"] for r in (rr, ca) if r and r.get("file")]) if rr and ca else None
-    ttfts = [
-        [[x.ttft for x in g if x.ok and x.ttft is not None] for g in loadgen.split_passes(rs)]
-        for rs in recs or []
-    ]
+    ttfts = [[latencies(g, "ttft") for g in loadgen.split_passes(rs)] for rs in recs or []]
     interval = iv.bootstrap_groups(ttfts[0], ttfts[1], iv.p(95), seed=2) if len(ttfts) == 2 else None
     fig = rt.get("target_without_tier" if tier else "target") or {}
     return _row(

@@ -98,7 +98,7 @@ class Node:
 def setnodes(nodes: Sequence[Node], slots: Mapping[str, Iterable[int]]) -> str:
     """Kvrocks' ``CLUSTERX SETNODES`` topology text: masters with their slot ranges (``a-b``, or
     ``a`` for one slot), replicas with their master's id; ids from :func:`node_id`."""
-    names = {n.name for n in nodes}
+    master_of = {n.name: n.master for n in nodes}
     owner: dict[int, str] = {}
     for n in nodes:
         for s in slots.get(n.name, ()) if n.master is None else ():
@@ -110,7 +110,7 @@ def setnodes(nodes: Sequence[Node], slots: Mapping[str, Iterable[int]]) -> str:
         if n.master is None:
             spans = " ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges(slots.get(n.name, ())))
             lines.append(f"{node_id(n.name)} {n.ip} {n.port} master - {spans}".rstrip())
-        elif n.master not in names or next(x for x in nodes if x.name == n.master).master is not None:
+        elif n.master not in master_of or master_of[n.master] is not None:
             raise ValueError(f"{n.name}: its master {n.master} is not a master of this cluster")
         else:
             lines.append(f"{node_id(n.name)} {n.ip} {n.port} slave {node_id(n.master)}")
