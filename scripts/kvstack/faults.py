@@ -10,6 +10,9 @@
   switch-over window, failed requests inside and after it, and seconds until it rejoins.
 - :func:`across`: any action (a restart, a kill) under load sent through what users call (the
   router, Dynamo's frontend); failed requests, the longest wait between completions, recovery.
+- :func:`shard_down`: one member of a sharded KV tier stopped: prefixes computed on one serving
+  node read on another (the tier's hits) with every shard up and with one down, under load
+  through the router (failed requests), then the shard started again.
 
 Each load phase is a small multi-round QA run with its own text (round 2 of each user reuses its
 round 1 from LMCache once vLLM's cache let it go) and reports requests, failures, prompt tokens
@@ -558,3 +561,114 @@ def wait_kv_clients(ep: stack.Endpoints, node: str, timeout_s: float) -> float:
         1,
         lambda: f"{node}: fewer than {want} connections to the KV server after {timeout_s:.0f} s",
     )
+
+
+def cross_node_hits(
+    ep: stack.Endpoints, tok: TokenizerAdapter, seed: int, prompts: int = 12
+) -> dict[str, Any]:
+    """Fresh long prompts computed on the first serving node, then sent to the second one, which
+    has never seen them: the prompt tokens its LMCache found in the KV tier (L2) and how many of
+    the prompts' full chunks that is."""
+    a, b = list(ep.serving)[:2]
+    convs = multi_round_qa(
+        tok,
+        users=prompts,
+        rounds=1,
+        system_tokens=0,
+        history_tokens=2048,
+        question_tokens=32,
+        answer_tokens=1,
+        seed=seed,
+    ).conversations
+    src_a, src_b = stack.lmcache_source(ep, a), stack.lmcache_source(ep, b)
+
+    def send(node: str) -> RunResult:
+        v = ep.vllm(node)
+        return run(
+            convs,
+            LoadConfig(
+                v["url"], v["model"], concurrency=2, request_timeout_s=120, api_key=v.get("api_key") or None
+            ),
+        )
+
+    before_a = m.snapshot_all([src_a])
+    cold = send(a)
+
+    seen: list[float] = []
+
+    def stored() -> bool:  # every L2 store completed, or (a shard away) no more completing for 3 s
+        d, _ = m.deltas_between(before_a, m.snapshot_all([src_a]))
+        lm = d.get(src_a.name, {})
+        seen.append(m.total(lm, LMCACHE_COUNTERS["l2_chunks_stored"]))
+        submitted = m.total(lm, LMCACHE_COUNTERS["l2_chunks_submitted"])
+        return submitted > 0 and (seen[-1] >= submitted or seen[-4:].count(seen[-1]) == 4)
+
+    wait_until(stored, 90, 1, lambda: f"{a}: LMCache's L2 stores still going after 90 s")
+    before_b = m.snapshot_all([src_b])
+    hit = send(b)
+    d, _ = m.deltas_between(before_b, m.snapshot_all([src_b]))
+    chunk = int(ep.lmcache(b)["chunk_size"])
+    full = sum((r.prompt_tokens // chunk) * chunk for r in cold.records if r.ok)
+    l2 = m.total(d.get(src_b.name, {}), LMCACHE_COUNTERS["l2_hit_tokens"])
+    out = {
+        "prompts": len(convs),
+        "failed": sum(not r.ok for r in cold.records + hit.records),
+        "full_chunk_tokens": full,
+        "l2_hit_tokens": l2,
+        "hit_fraction": round(l2 / full, 3) if full else 0.0,
+    }
+    progress(f"cross-node: {l2:.0f} of {full} full-chunk prompt tokens found in the KV tier")
+    return out
+
+
+def shard_down(
+    ep: stack.Endpoints, tok: TokenizerAdapter, shard: str, load_s: float = 90.0
+) -> dict[str, Any]:
+    """One KV shard stopped, then started again: the cross-node hits (:func:`cross_node_hits`)
+    with every shard up and with *shard* down, measured while load runs through the router (its
+    failed requests are the users' view); after the start, the hits once more."""
+    service = ep.nodes[shard].get("kv_service") or "redis-server"
+    router = next(iter(ep.router.values()))
+    vllm = ep.vllm(next(iter(ep.serving)))
+    up = cross_node_hits(ep, tok, seed=101)
+    result: dict[str, Any] = {}
+
+    def down_phase() -> None:
+        progress(f"stopping {service} on {shard}")
+        stack.run_on(ep, shard, f"systemctl stop {service}")
+        try:
+            result["down"] = cross_node_hits(ep, tok, seed=202)
+        finally:
+            progress(f"starting {service} on {shard}")
+            stack.run_on(ep, shard, f"systemctl start {service}")
+
+    res, start, end = under_action(
+        router["url"],
+        vllm["model"],
+        drill_conversations(tok, 64, 7),
+        down_phase,
+        api_key=vllm.get("api_key") or None,
+        duration_s=load_s + 120,
+        action_at_s=5.0,
+        concurrency=2,
+        settle_s=10.0,
+    )
+    shards = len(ep.kv)
+    return {
+        "shard": shard,
+        "shards": shards,
+        "up": up,
+        "down": result["down"],
+        "router": summarize_across(res.records, start, end).to_dict(),
+        # a prompt's hits are its longest prefix of chunks all found: with one of N shards gone,
+        # each chunk is there with probability (N-1)/N, so a k-chunk prefix keeps on average
+        # sum_{j=1..k} ((N-1)/N)^j / k of its chunks (k=8 of 256 tokens, N=3: 0.26)
+        "expected_down_fraction_of_up": round(_prefix_survival(shards, 8), 3),
+        "back": cross_node_hits(ep, tok, seed=303),
+    }
+
+
+def _prefix_survival(shards: int, chunks: int) -> float:
+    """Mean share of a *chunks*-chunk prefix still found with one of *shards* shards down."""
+    p = (shards - 1) / shards
+    return sum(p**j for j in range(1, chunks + 1)) / chunks

@@ -689,12 +689,27 @@ def up(inventory_dir: Path | None = None, timeout: float = 120.0) -> LabConfig:
     return cfg
 
 
+def running(cfg: LabConfig) -> list[str]:
+    """Every node whose supervisor runs, listed in this inventory or not (another lab inventory,
+    such as inventory/lab-cluster, shares the state directory and the bridge)."""
+    return sorted(p.stem for p in (cfg.state_dir / "run").glob("*.pid") if node_pid(cfg, p.stem))
+
+
 def down(inventory_dir: Path | None = None, timeout: float = 60.0) -> list[str]:
-    """Stop every node this lab started (by PID) and remove what it made on the host."""
+    """Stop every lab node (by PID; also those another lab inventory started, since the bridge
+    goes) and remove what the lab made on the host."""
     check_host()
     cfg = load_config(inventory_dir)
+    removed = stop_nodes(cfg, sorted(set(cfg.nodes) | set(running(cfg))), timeout)
+    removed += network_down(cfg)
+    progress("lab down" + (": removed " + ", ".join(removed) if removed else ": nothing was running"))
+    return removed
+
+
+def stop_nodes(cfg: LabConfig, names: list[str], timeout: float = 60.0) -> list[str]:
+    """Stop the nodes *names* (the rest of the lab and the bridge stay); what was removed."""
     removed: list[str] = []
-    pids = {name: node_pid(cfg, name) for name in cfg.nodes}
+    pids = {name: node_pid(cfg, name) for name in names}
     for name, pid in pids.items():
         if pid:
             progress(f"stopping {name} (pid {pid})")
@@ -718,8 +733,6 @@ def down(inventory_dir: Path | None = None, timeout: float = 60.0) -> list[str]:
             cfg.pid_file(name).unlink()
         if pid:
             removed.append(f"node {name} (pid {pid})")
-    removed += network_down(cfg)
-    progress("lab down" + (": removed " + ", ".join(removed) if removed else ": nothing was running"))
     return removed
 
 

@@ -9,8 +9,7 @@ def access_address(hostvars: dict) -> str:
     return hostvars.get("access_address") or hostvars["ansible_host"]
 
 
-def kv_access(inv) -> tuple[str, int]:
-    """Where the KV server's clients connect: the first kv host's access address and its own
-    kv_port (roles/kvstack_defaults' kv_access_address / kv_access_port; default port 6666)."""
-    kv = next(iter(inv.hosts("kv").values()))
-    return access_address(kv), int(kv.get("kv_port", 6666))
+def kv_nodes(inv) -> list[tuple[str, int]]:
+    """Every kv host's access address and kv_port (roles/kvstack_defaults' kv_access_nodes): the
+    one KV server, or each member of a sharded tier."""
+    return [(access_address(h), int(h.get("kv_port", 6666))) for h in inv.hosts("kv").values()]

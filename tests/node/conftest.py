@@ -99,6 +99,20 @@ def resp(host):
     return send
 
 
+@pytest.fixture(scope="module")
+def node_tool(host):
+    """node_tool(module, *args, password=''): stdout of ``python3 -m kvstack_node.<module> ARGS`` run
+    on the node under test as the roles installed it (a password goes in KV_PASSWORD)."""
+
+    def run(module: str, *args: str, password: str = "") -> str:
+        env = f"KV_PASSWORD={shlex.quote(password)} PYTHONPATH={TOOLS}"
+        return host.check_output(
+            f"{env} python3 -m kvstack_node.{module} " + " ".join(map(shlex.quote, args))
+        )
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def inv(request):
     """The whole inventory (every host's variables), as ``ansible-inventory`` reads it."""

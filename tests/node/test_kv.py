@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import uuid
 
 import pytest
+from addresses import kv_nodes
+
+from kvstack_node import kv_cluster
 
 testinfra_hosts = ["ansible://kv"]
 
@@ -47,8 +51,11 @@ def test_unauthenticated_clients_are_refused(resp, kv, cluster_address):
     assert reply.startswith("-"), reply
 
 
-def test_key_written_and_read_back(resp, kv, cluster_address):
+def test_key_written_and_read_back(resp, kv, cluster_address, cluster):
     key, value = f"kvstack:nodecheck:{uuid.uuid4().hex}", uuid.uuid4().hex
+    if cluster:  # a key of a slot this member serves (another one would be MOVED)
+        ranges = cluster[f"{cluster_address}:{kv['port']}"]["my_ranges"]
+        key = next(k for i in range(10_000) if _served(ranges, kv_cluster.key_slot(k := f"{key}:{i}")))
     replies = resp(
         cluster_address,
         kv["port"],
@@ -62,6 +69,34 @@ def test_key_written_and_read_back(resp, kv, cluster_address):
     assert replies[1] == "+OK"
     assert replies[2].endswith(value), replies
     assert replies[3] == ":1"
+
+
+@pytest.fixture(scope="module")
+def cluster(node_tool, kv, inv) -> dict[str, dict]:
+    """With several kv hosts (one sharded tier): each member's view of the cluster as this node
+    reads it (kvstack_node.redis_cluster status, by address:port); {} for a single kv host."""
+    members = kv_nodes(inv)
+    if len(members) < 2:
+        return {}
+    addrs = [f"{h}:{p}" for h, p in members]
+    out = json.loads(node_tool("redis_cluster", "status", *addrs, password=kv["password"]))
+    return {s["addr"]: s for s in out}
+
+
+def _served(ranges: list[list[int]], slot: int) -> bool:
+    return any(a <= slot <= b for a, b in ranges)
+
+
+def test_cluster_serves_every_slot_with_an_even_share_here(cluster, kv, cluster_address):
+    """A sharded tier: every member in cluster mode knows all the others, reports state ok and all
+    16,384 slots served, and this member serves about its even share of them."""
+    if not cluster:
+        pytest.skip("a single kv host: a standalone server")
+    for addr, s in cluster.items():
+        assert s["cluster_enabled"] and s["state"] == "ok", (addr, s["state"])
+        assert s["slots_assigned"] == kv_cluster.SLOTS and s["known_nodes"] == len(cluster), (addr, s)
+    mine = cluster[f"{cluster_address}:{kv['port']}"]["my_slots"]
+    assert abs(mine - kv_cluster.SLOTS / len(cluster)) <= 0.05 * kv_cluster.SLOTS, mine
 
 
 def test_data_dir_owner_mode_and_mount(host, kv, hostvars, expected):

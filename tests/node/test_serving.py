@@ -16,7 +16,7 @@ import time
 import uuid
 
 import pytest
-from addresses import access_address, kv_access
+from addresses import access_address, kv_nodes
 
 testinfra_hosts = ["ansible://serving"]
 
@@ -128,24 +128,17 @@ def test_lmcache_holds_kv_server_connections(host, serving, hostvars, inv, resp,
     timer = host.service("lmcache-kv-watchdog.timer")
     watchdog = client == "resp" and hostvars.get("lmcache_kv_watchdog_enabled", True)
     assert timer.is_running == bool(watchdog), client
-    kv_host, kv_port = kv_access(inv)
-    text = "\n".join(
-        resp(
-            kv_host,
-            kv_port,
-            hostvars["kv_password"],
-            "AUTH|@PASSWORD",
-            "CLIENT|ID",
-            "CLIENT|LIST",
+    for kv_host, kv_port in kv_nodes(inv):  # each member of a sharded tier
+        text = "\n".join(
+            resp(kv_host, kv_port, hostvars["kv_password"], "AUTH|@PASSWORD", "CLIENT|ID", "CLIENT|LIST")
         )
-    )
-    own = re.search(r"^:(\d+)$", text, re.M)
-    assert own, text[:300]
-    clients = re.findall(r"id=(\d+) addr=([0-9a-f.:]+):\d+ ", text)
-    ours = [cid for cid, addr in clients if addr == cluster_address and cid != own.group(1)]
-    assert ours, f"no KV server client from {cluster_address}: {clients}"
-    if client == "valkey":
-        assert len(ours) >= int(hostvars.get("lmcache_kv_workers", 4)), clients
+        own = re.search(r"^:(\d+)$", text, re.M)
+        assert own, text[:300]
+        clients = re.findall(r"id=(\d+) addr=([0-9a-f.:]+):\d+ ", text)
+        ours = [cid for cid, addr in clients if addr == cluster_address and cid != own.group(1)]
+        assert ours, f"no client of {kv_host}:{kv_port} from {cluster_address}: {clients}"
+        if client == "valkey":
+            assert len(ours) >= int(hostvars.get("lmcache_kv_workers", 4)), (kv_host, clients)
 
 
 def test_lmcache_keeps_the_kv_password_off_its_command_line_and_config(host, serving, hostvars):
@@ -243,14 +236,16 @@ def test_prefix_computed_on_another_node_is_a_hit_here(host, serving, hostvars, 
 
 
 def _kv_bytes_in(resp, hostvars, inv) -> int:
-    """Bytes the KV server has received (INFO stats, Redis and Kvrocks alike), asked from this
-    node (the real client) over RESP."""
-    kv_host, kv_port = kv_access(inv)
-    replies = resp(kv_host, kv_port, hostvars["kv_password"], "AUTH|@PASSWORD", "INFO|stats")
-    assert replies[0] == "+OK", replies
-    found = re.search(r"total_net_input_bytes:(\d+)", replies[1])
-    assert found, replies[1][:500]
-    return int(found.group(1))
+    """Bytes the KV tier has received (INFO stats, Redis and Kvrocks alike; summed over the members
+    of a sharded tier), asked from this node (the real client) over RESP."""
+    total = 0
+    for kv_host, kv_port in kv_nodes(inv):
+        replies = resp(kv_host, kv_port, hostvars["kv_password"], "AUTH|@PASSWORD", "INFO|stats")
+        assert replies[0] == "+OK", replies
+        found = re.search(r"total_net_input_bytes:(\d+)", replies[1])
+        assert found, replies[1][:500]
+        total += int(found.group(1))
+    return total
 
 
 def test_units_pass_systemd_analyze_verify(host, serving):

@@ -21,19 +21,30 @@ PASSWORD = "unit-test-secret-4711"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port whose cluster bus port (+10000) is free too."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port > 55535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 @contextmanager
-def local_redis(d: Path) -> Iterator[tuple[str, int]]:
-    """redis-server with its files in *d*; (host, port) once it answers PING."""
+def local_redis(d: Path, *extra: str) -> Iterator[tuple[str, int]]:
+    """redis-server with its files in *d* and *extra* arguments (e.g. ``--cluster-enabled yes``);
+    (host, port) once it answers PING."""
     if not os.path.exists(REDIS_SERVER):
         pytest.skip("redis-server not installed")
     port = _free_port()
     args = ["--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD, "--save", ""]
-    args += ["--appendonly", "no", "--dir", str(d), "--logfile", str(d / "redis.log")]
+    args += ["--appendonly", "no", "--dir", str(d), "--logfile", str(d / "redis.log"), *extra]
     proc = subprocess.Popen(
         [REDIS_SERVER, *args],
         stdout=subprocess.DEVNULL,

@@ -73,3 +73,14 @@ def test_setnodes_text_as_kvrocks_parses_it():
         kc.setnodes(nodes, {**slots, "kv2": slots["kv2"] | {9000}})
     with pytest.raises(ValueError, match="not a master"):
         kc.setnodes([Node("a", "1.1.1.1", 1), Node("b", "1.1.1.2", 1, "c")], {})
+
+
+def test_key_slot_matches_redis():
+    """Values from Redis' CLUSTER KEYSLOT (redis-server 7.0 in cluster mode), hash tags included."""
+    assert kc.key_slot("foo") == 12182
+    assert kc.key_slot("bar") == 5061
+    assert (
+        kc.key_slot("{user1000}.following") == kc.key_slot("{user1000}.followers") == kc.key_slot("user1000")
+    )
+    assert kc.key_slot("foo{}{bar}") == kc.key_slot(b"foo{}{bar}")  # empty tag: whole key
+    assert kc.key_slot("foo{}{bar}") != kc.key_slot("bar")

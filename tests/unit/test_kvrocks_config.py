@@ -449,3 +449,54 @@ def test_rendered_redis_conf_runs_a_real_server(tmp_path):
         if server.poll() is None:
             server.terminate()
         server.wait(timeout=5)
+
+
+def test_rendered_cluster_confs_form_a_real_redis_cluster(tmp_path):
+    """With several kv hosts redis.conf turns cluster mode on: three real redis-servers on the
+    rendered files form one cluster with the role's tool (kvstack_node.redis_cluster), every slot
+    served, and a member announces the address it was given."""
+    from kvstack_node import redis_cluster
+
+    servers, addrs = [], []
+    try:
+        for i in range(3):
+            d = tmp_path / f"m{i}"
+            (d / "data").mkdir(parents=True)
+            port = free_port()
+            while port + 10000 > 65535:
+                port = free_port()
+            proc, conf = render_redis(
+                d,
+                redis_server_bind="127.0.0.1",
+                redis_server_port=port,
+                redis_server_data_dir=str(d / "data"),
+                redis_server_cluster_enabled=True,
+                redis_server_cluster_announce_ip="127.0.0.1",
+            )
+            assert proc.returncode == 0, proc.stdout[-3000:]
+            text = conf.read_text()
+            assert "cluster-enabled yes" in text and "cluster-require-full-coverage no" in text
+            assert f"masterauth {PASSWORD}" in text and "cluster-announce-ip 127.0.0.1" in text
+            log = (d / "redis.log").open("a")
+            servers.append(
+                subprocess.Popen(["redis-server", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+            )
+            addrs.append(f"127.0.0.1:{port}")
+        for a in addrs:
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", int(a.rsplit(":", 1)[1])), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, a
+                    time.sleep(0.05)
+        out = redis_cluster.ensure(addrs, PASSWORD, timeout_s=60)
+        assert (
+            out["state"] == "ok" and out["slots_assigned"] == 16384 and sorted(out["slots"]) == sorted(addrs)
+        )
+        assert all(redis_cluster.read(a, PASSWORD).members.keys() >= set(addrs) for a in addrs)
+    finally:
+        for s in servers:
+            s.terminate()
+            s.wait(timeout=10)

@@ -84,3 +84,28 @@ def test_wait_reachable_returns_once_the_server_listens():
         timer.join()
         server.close()
     assert said and f"127.0.0.1:{port}" in said[0]
+
+
+def test_cluster_settings_go_into_cluster_mode_valkey_adapters_only():
+    """The lmcache role's kv-cluster.json (members, this node's share) reaches the cluster-mode
+    adapter; a standalone valkey adapter and resp keep theirs."""
+    cluster = {**VALKEY, "cluster_mode": True}
+    settings = {"startup_nodes": "10.0.0.21:6379,10.0.0.22:6379,10.0.0.23:6379", "max_capacity_gb": 1.65}
+    after = launch.with_cluster_settings(argv(cluster, VALKEY, RESP), settings)
+    configs = [json.loads(after[i][len(p) :]) for i, p in launch.adapter_slots(after)]
+    assert configs == [{**cluster, **settings}, VALKEY, RESP]
+    assert launch.kv_servers(after)[:3] == [("10.0.0.21", 6379), ("10.0.0.22", 6379), ("10.0.0.23", 6379)]
+
+
+def test_wait_reachable_needs_one_member_of_a_cluster():
+    """One of three members listening ends the wait at once (the client finds the rest itself)."""
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        down = [("127.0.0.1", a.getsockname()[1]), ("127.0.0.1", b.getsockname()[1])]
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        said: list[str] = []
+        launch.wait_reachable([*down, server.getsockname()], said.append, every_s=1.0)
+    assert said == []

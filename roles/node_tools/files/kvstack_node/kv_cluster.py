@@ -8,6 +8,8 @@ servers). Pure functions, standard library only; applying them to live servers i
   share, and hands the rest to the masters below their share: growing from N to N+1 masters moves
   about 1/(N+1) of the slots, all to the new one, and every key whose slot stays keeps serving.
 - :func:`moves`: the slots that change master between two assignments (what must be migrated).
+- :func:`key_slot`: the hash slot of a key (CRC16 of the key or its ``{hash tag}``, mod 16,384),
+  as Redis Cluster and Kvrocks compute it.
 - :func:`setnodes`: Kvrocks' ``CLUSTERX SETNODES`` text of a topology (one line per node:
   ``<id> <ip> <port> master - <slots>`` or ``<id> <ip> <port> slave <master id>``).
 """
@@ -20,6 +22,28 @@ from dataclasses import dataclass
 
 #: Redis Cluster's and Kvrocks' hash slots
 SLOTS = 16384
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XModem), the checksum of Redis Cluster's key hashing."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def key_slot(key: str | bytes) -> int:
+    """The hash slot of *key*: CRC16 of the key, or of its hash tag (the text between the first
+    ``{`` and the next ``}``, when not empty), modulo 16,384."""
+    k = key.encode() if isinstance(key, str) else key
+    start = k.find(b"{")
+    if start >= 0:
+        end = k.find(b"}", start + 1)
+        if end > start + 1:
+            k = k[start + 1 : end]
+    return _crc16(k) % SLOTS
 
 
 def node_id(name: str) -> str:

@@ -20,8 +20,12 @@ in the same process:
   ``(password, username)``, so they go in swapped there (read from LMCache's source, so a
   release with the fix gets them straight);
 - masks credentials in ``GET /config``;
-- waits until each valkey adapter's KV server accepts TCP connections (the adapter refuses to
-  start without it), saying so every 30 s, instead of exiting and being restarted in a loop.
+- with the KV tier as a cluster, merges ``KVSTACK_KV_CLUSTER_FILE`` (a JSON object the lmcache
+  role writes: the members as ``startup_nodes`` and this node's capacity share) into every valkey
+  adapter in ``cluster_mode``, so the unit does not change when the tier grows;
+- waits until a valkey adapter's KV server (one of the cluster's members) accepts TCP
+  connections (the adapter refuses to start without one), saying so every 30 s, instead of
+  exiting and being restarted in a loop.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 SECRET_KEYS = ("password", "username")
@@ -76,6 +81,16 @@ def _adapter_with(text: str, username: str, password: str, swapped: bool) -> str
     return json.dumps(cfg, separators=(",", ":"))
 
 
+def with_cluster_settings(argv: list[str], settings: dict[str, Any]) -> list[str]:
+    """*argv* with *settings* merged into every valkey ``--l2-adapter`` JSON in ``cluster_mode``."""
+    out = list(argv)
+    for i, prefix in adapter_slots(argv):
+        cfg = json.loads(out[i][len(prefix) :])
+        if cfg.get("type") == "valkey" and cfg.get("cluster_mode"):
+            out[i] = prefix + json.dumps({**cfg, **settings}, separators=(",", ":"))
+    return out
+
+
 def kv_servers(argv: list[str]) -> list[tuple[str, int]]:
     """(host, port) of every valkey adapter's startup nodes."""
     out = []
@@ -89,18 +104,21 @@ def kv_servers(argv: list[str]) -> list[tuple[str, int]]:
 
 
 def wait_reachable(servers: list[tuple[str, int]], say: Callable[[str], None], every_s: float = 30.0) -> None:
-    """Block until each server accepts a TCP connection, saying which one it waits for."""
-    for host, port in servers:
-        last = 0.0
-        while True:
+    """Block until one of *servers* (a cluster's members, or the one server) accepts a TCP
+    connection, saying every *every_s* which ones it waits for."""
+    last = 0.0
+    while True:
+        errors = []
+        for host, port in servers:
             try:
                 socket.create_connection((host, port), timeout=5).close()
-                break
+                return
             except OSError as e:
-                if time.monotonic() - last >= every_s:
-                    say(f"lmcache_launch: waiting for the KV server at {host}:{port} ({e})")
-                    last = time.monotonic()
-                time.sleep(2)
+                errors.append(f"{host}:{port} ({e})")
+        if time.monotonic() - last >= every_s:
+            say(f"lmcache_launch: waiting for the KV server at {', '.join(errors)}")
+            last = time.monotonic()
+        time.sleep(2)
 
 
 def masked(value: Any) -> Any:
@@ -126,6 +144,9 @@ def main() -> None:
     argv = sys.argv[1:]
     password = os.environ.pop("KVSTACK_KV_PASSWORD", "")
     username = os.environ.pop("KVSTACK_KV_USERNAME", "") or "default"
+    cluster_file = os.environ.pop("KVSTACK_KV_CLUSTER_FILE", "")
+    if cluster_file:
+        argv = with_cluster_settings(argv, json.loads(Path(cluster_file).read_text()))
     servers = kv_servers(argv)
     if servers:
         wait_reachable(servers, lambda s: print(s, file=sys.stderr, flush=True))
