@@ -12,7 +12,8 @@ the end-to-end tests that install NVIDIA Dynamo on the lab and bench it (optiona
 itself: about 20 more minutes, which the default run leaves out to fit CI's time);
 ``--bench-full`` adds the bench's AIPerf cross-check (AIPerf installed into ``.venv-aiperf`` on
 first use) and its routing runs without the shared tier to the bench lab test; ``--pinned-set``
-adds pip's resolution of vLLM's whole CUDA set (about 4 GB downloaded per Python). The
+adds pip's resolution of vLLM's whole CUDA set (about 4 GB downloaded per Python); ``--kv-cluster``
+adds growing the lab's sharded KV tier (test_kv_cluster.py) by a fourth kv host. The
 ``--profiles`` option adds the four tier-profile switches of test_serving_profiles.py.
 """
 
@@ -35,6 +36,9 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
 
 TIER_ORDER = {"unit": 0, "gpu": 1, "node": 2, "lab": 3}
+#: whether the session takes the lab down at its end (it brought it up, no --keep-lab): a final
+#: test may then leave the lab as it changed it
+LAB_GOES_DOWN = pytest.StashKey[bool]()
 #: the bench lab test's limit with --bench-full (its default run fits pyproject's 1500 s)
 BENCH_FULL_TIMEOUT_S = 3600
 
@@ -60,6 +64,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "routing without the shared tier (+10 min)",
     )
     group.addoption(
+        "--kv-cluster",
+        action="store_true",
+        help="also grow the lab's sharded KV tier by a fourth kv host (test_kv_cluster.py; +6 min)",
+    )
+    group.addoption(
         "--pinned-set",
         action="store_true",
         help="also let pip resolve vLLM's whole CUDA set for each Python (tests/gpu; downloads ~8 GB)",
@@ -77,9 +86,14 @@ def _tier(item: pytest.Item) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run fast tiers first: unit, the GPU path, node checks, end-to-end lab tests (stable order).
+    """Run fast tiers first: unit, the GPU path, node checks, end-to-end lab tests (stable order;
+    in a tier the ``last`` tests, then the ``final`` ones).
     With ``--bench-full`` the bench lab test's run (its first test's setup) may take an hour."""
-    items.sort(key=lambda it: (_tier(it), it.get_closest_marker("last") is not None))
+
+    def rank(it: pytest.Item) -> int:
+        return 2 if it.get_closest_marker("final") else 1 if it.get_closest_marker("last") else 0
+
+    items.sort(key=lambda it: (_tier(it), rank(it)))
     if config.getoption("--bench-full"):
         for it in items:
             if it.path.name == "test_bench_lab.py":
@@ -101,6 +115,14 @@ def lab(request: pytest.FixtureRequest) -> labmod.LabConfig | None:
     was_up = all(labmod.node_pid(cfg, n) for n in cfg.nodes)
     labmod.up()
     provision.playbook("site.yml")
+    config.stash[LAB_GOES_DOWN] = not was_up and not config.option.keep_lab
     yield cfg
-    if not was_up and not config.option.keep_lab:
+    if config.stash[LAB_GOES_DOWN]:
         labmod.down()
+
+
+@pytest.fixture(scope="session")
+def lab_goes_down(request: pytest.FixtureRequest, lab) -> bool:
+    """Whether this session takes the lab down at its end (a ``final`` test may then leave the lab
+    as it changed it)."""
+    return request.config.stash.get(LAB_GOES_DOWN, False)

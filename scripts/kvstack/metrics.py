@@ -288,7 +288,8 @@ def per_kernel(nodes: list[dict[str, float]]) -> list[dict[str, float]]:
 
 
 def kv_figures(kv: list[dict[str, float]]) -> dict[str, float | int | None]:
-    """The KV servers' figures (summed over servers) from Redis' INFO or Kvrocks'."""
+    """The KV servers' figures (summed over servers) from Redis' INFO or Kvrocks'; with several
+    (a sharded tier) also the bytes each member received."""
 
     def s(name: str) -> float:
         return sum(total(d, name) for d in kv)
@@ -301,6 +302,9 @@ def kv_figures(kv: list[dict[str, float]]) -> dict[str, float | int | None]:
         "KV server MB in": round(s("total_net_input_bytes") / 1e6, 1),
         "KV server MB out": round(s("total_net_output_bytes") / 1e6, 1),
     }
+    if len(kv) > 1:  # a sharded tier: how the traffic spread over its members (kv_access_nodes' order)
+        for i, d in enumerate(kv, 1):
+            out[f"KV shard {i} MB in"] = round(total(d, "total_net_input_bytes") / 1e6, 1)
     if not any("used_db_size" in d for d in kv):  # Redis: data in RAM, exact key count
         out["KV server used MB"] = round(s("used_memory") / 2**20, 1)
         out["KV server keys"] = int(prefixed(("db",), (".keys",)))

@@ -206,9 +206,18 @@ def metric_sources(
             )
     if nodes:
         lm = ep.lmcache(nodes[0])
-        if lm.get("kv_host"):
-            sources.append(m.Source("kv", "kv", lambda lm=lm: _kv_info(lm)))
+        members = kv_members(lm)
+        for addr in members:  # one source per shard of a sharded tier ("kv" for one server)
+            name = "kv" if len(members) == 1 else f"kv@{addr}"
+            sources.append(m.Source(name, "kv", lambda lm=lm, addr=addr: _kv_info(lm, addr)))
     return sources, {s.name: s.kind for s in sources}
+
+
+def kv_members(lm: dict[str, Any]) -> list[str]:
+    """The KV tier's servers as host:port: a cluster's members, else the one server ([] without)."""
+    if lm.get("kv_nodes"):
+        return list(lm["kv_nodes"])
+    return [f"{lm['kv_host']}:{lm['kv_port']}"] if lm.get("kv_host") else []
 
 
 def vllm_source(vllm: dict[str, Any], name: str) -> m.Source:
@@ -240,22 +249,24 @@ def _ssh_scrape(ep: Endpoints, node: str, url: str) -> m.Snapshot:
         return m.Snapshot(error=f"{node}: {url}: {brief(e)}")
 
 
-def _kv_client(lm: dict[str, Any]) -> Any:
-    """A redis-py client of the KV server LMCache uses (its password, a 10 s timeout)."""
+def _kv_client(lm: dict[str, Any], addr: str | None = None) -> Any:
+    """A redis-py client of the KV server LMCache uses, or of the member *addr* (host:port) of a
+    sharded tier (its password, a 10 s timeout)."""
     import redis
 
-    return redis.Redis(
-        host=lm["kv_host"], port=int(lm["kv_port"]), password=lm.get("kv_password") or None, socket_timeout=10
-    )
+    host, _, port = (addr or f"{lm['kv_host']}:{lm['kv_port']}").rpartition(":")
+    return redis.Redis(host=host, port=int(port), password=lm.get("kv_password") or None, socket_timeout=10)
 
 
-def _kv_info(lm: dict[str, Any]) -> m.Snapshot:
-    """INFO of the KV server LMCache uses."""
+def _kv_info(lm: dict[str, Any], addr: str | None = None) -> m.Snapshot:
+    """INFO of the KV server LMCache uses (or of the member *addr* of a sharded tier)."""
     try:
-        with contextlib.closing(_kv_client(lm)) as r:
+        with contextlib.closing(_kv_client(lm, addr)) as r:
             return m.parse_info(r.info("all"))
     except Exception as e:
-        return m.Snapshot(error=f"KV server {lm['kv_host']}:{lm['kv_port']}: {type(e).__name__}")
+        return m.Snapshot(
+            error=f"KV server {addr or lm['kv_host'] + ':' + str(lm['kv_port'])}: {type(e).__name__}"
+        )
 
 
 def kv_clients(lm: dict[str, Any]) -> list[str]:
@@ -275,6 +286,13 @@ def run_datapath(ep: Endpoints, node: str, sizes: tuple[int, ...], n: int, l2_wo
     installed it, in the serving node's venv (so LMCache's own L2 client runs there, with
     *l2_workers* connections), against the KV server; the password goes over stdin, never argv."""
     lm = ep.lmcache(node)
+    if lm.get("kv_nodes"):  # its clients speak to one server: a cluster member MOVEs most keys away
+        return {
+            "kv_datapath": [],
+            "missing": [
+                "KV data path: the KV tier is a cluster; the data-path step measures one server only"
+            ],
+        }
     cmd = (
         f"IFS= read -r KVSTACK_KV_PASSWORD; export KVSTACK_KV_PASSWORD; PYTHONPATH={lm['tools_dir']}; "
         f"export PYTHONPATH; exec {lm['venv_python']} -m kvstack_node.datapath datapath "

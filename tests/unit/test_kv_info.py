@@ -66,3 +66,24 @@ def test_redis_info_gives_used_memory_and_keys(redis):
     assert out["KV server used MB"] >= 0.5  # 500 kB of values
     assert out["KV server commands"] >= 6 and out["KV server MB in"] >= 0.5
     assert "KV server write stalls" not in out
+
+
+def test_a_sharded_tier_sums_its_members_and_shows_each(redis):
+    """Two members' deltas (here the same server read twice over different writes): the figures
+    are their sums, and each member's bytes in are listed in kv_access_nodes' order."""
+    client = redis_py.Redis(host=redis[0], port=redis[1], password=PASSWORD)
+    deltas = []
+    for n in (1, 3):
+        before = m.parse_info(client.info("all"))
+        for i in range(n):
+            client.set(f"kvstack-shard:{i}", b"x" * 1_000_000)
+        deltas.append(m.delta(before, m.parse_info(client.info("all"))))
+    client.delete(*(f"kvstack-shard:{i}" for i in range(3)))
+    client.close()
+    out = m.kv_figures(deltas)
+    assert out["KV shard 1 MB in"] == pytest.approx(1.0, abs=0.05)
+    assert out["KV shard 2 MB in"] == pytest.approx(3.0, abs=0.05)
+    assert out["KV server MB in"] == pytest.approx(
+        out["KV shard 1 MB in"] + out["KV shard 2 MB in"], abs=0.15
+    )
+    assert "KV shard 1 MB in" not in m.kv_figures(deltas[:1])  # one server: no shard rows

@@ -159,6 +159,20 @@ def rendered(tmp_path_factory) -> dict[str, dict[str, str]]:
     return out
 
 
+def test_cluster_member_config_uses_reference_keys(tmp_path):
+    """Several kv hosts: cluster-enabled and persist-cluster-nodes-enabled, keys and yes/no values
+    of upstream's kvrocks.conf; a single kv host's config has neither (as before the cluster)."""
+    proc, conf = render_kvrocks(tmp_path, kvrocks_cluster_enabled=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    pairs, ref = dict(parse_conf(conf.read_text())), reference()
+    assert pairs["cluster-enabled"] == "yes" and pairs["persist-cluster-nodes-enabled"] == "yes"
+    assert {"cluster-enabled", "persist-cluster-nodes-enabled"} <= set(ref)
+    assert ref["cluster-enabled"] in ("yes", "no") and ref["persist-cluster-nodes-enabled"] in ("yes", "no")
+    (tmp_path / "single").mkdir()
+    proc, conf = render_kvrocks(tmp_path / "single")
+    assert proc.returncode == 0 and "cluster-enabled" not in conf.read_text()
+
+
 def test_repo_reference_is_upstreams_default_config():
     text = REFERENCE.read_text()
     assert "Upstream Apache Kvrocks default configuration" in text
@@ -500,3 +514,32 @@ def test_rendered_cluster_confs_form_a_real_redis_cluster(tmp_path):
         for s in servers:
             s.terminate()
             s.wait(timeout=10)
+
+
+def test_a_standalone_server_holding_keys_is_refused_as_a_cluster_member(tmp_path, redis):
+    """The validate step (site.yml's preflight) reads the running server: standalone with keys, it
+    cannot join the cluster the inventory now asks for, and the run stops naming it, before its
+    configuration changes; once emptied it passes."""
+    import redis as redis_py  # (the fixture's name shadows the module here)
+    from local_redis import PASSWORD as LOCAL_PASSWORD
+
+    host, port = redis
+    client = redis_py.Redis(host=host, port=port, password=LOCAL_PASSWORD)
+    client.set("kvstack:left-from-standalone", b"x")
+    cluster = {
+        "kv_password": LOCAL_PASSWORD,
+        "redis_server_bind": host,
+        "redis_server_port": port,
+        "redis_server_cluster_enabled": True,
+        "redis_server_cluster_announce_ip": host,
+    }
+    try:
+        proc, _ = render_redis(tmp_path, **cluster, test_tasks_from="validate.yml")
+        assert proc.returncode != 0
+        assert "runs standalone and holds 1 keys" in proc.stdout and "nothing was changed" in proc.stdout
+        assert LOCAL_PASSWORD not in proc.stdout
+    finally:
+        client.delete("kvstack:left-from-standalone")
+        client.close()
+    proc, _ = render_redis(tmp_path, **cluster, test_tasks_from="validate.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
