@@ -3,6 +3,7 @@ hosts). Run on one kv host, with the password in ``KV_PASSWORD``::
 
     KV_PASSWORD=... python3 -m kvstack_node.redis_cluster ensure 10.0.0.21:6379 10.0.0.22:6379 ...
     KV_PASSWORD=... python3 -m kvstack_node.redis_cluster status 10.0.0.21:6379 ...   # reads only
+    KV_PASSWORD=... python3 -m kvstack_node.redis_cluster plan 10.0.0.21:6379 ...     # reads only
 
 It reads every listed server first and changes nothing unless all of them answer and are in
 cluster mode. Then, with Redis' own tool (``redis-cli --cluster``, which moves keys with their
@@ -20,7 +21,8 @@ slots):
 ``ensure`` prints one JSON object (``changed``, ``created``, ``added``, ``unlisted``,
 ``slots_assigned``, ``state``) and exits 0 once every listed server reports ``cluster_state:ok``
 with all 16,384 slots assigned; 2 on a refusal (nothing changed), 1 when the cluster does not
-settle. ``status`` prints what each server reports (node checks, the bench's per-shard view).
+settle. ``status`` prints what each server reports (node checks, the bench's per-shard view);
+``plan`` what ``ensure`` would do (check mode), changing nothing.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def ensure(addrs: Sequence[str], password: str, timeout_s: float = 60.0) -> dict
 def main(argv: Sequence[str] | None = None) -> int:
     """``python3 -m kvstack_node.redis_cluster ensure HOST:PORT...``: see the module's docstring."""
     p = argparse.ArgumentParser(prog="kvstack_node.redis_cluster", description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=["ensure", "status"])
+    p.add_argument("action", choices=["ensure", "status", "plan"])
     p.add_argument("servers", nargs="+", metavar="HOST:PORT")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds the cluster may take to settle")
     a = p.parse_args(argv)
@@ -210,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.action == "status":
             servers = [read(addr, password) for addr in a.servers]
             print(json.dumps([{**dataclasses.asdict(s), "my_slots": s.my_slots} for s in servers]))
+            return 0
+        if a.action == "plan":
+            todo = plan([read(addr, password) for addr in a.servers])
+            print(json.dumps({**todo, "changed": bool(todo["create"] or todo["add"])}))
             return 0
         out = ensure(a.servers, password, a.timeout)
     except Refused as e:
