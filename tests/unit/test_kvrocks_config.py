@@ -159,7 +159,7 @@ def rendered(tmp_path_factory) -> dict[str, dict[str, str]]:
     return out
 
 
-def test_cluster_member_config_uses_reference_keys(tmp_path):
+def test_cluster_member_config_uses_reference_keys(tmp_path, rendered):
     """Several kv hosts: cluster-enabled and persist-cluster-nodes-enabled, keys and yes/no values
     of upstream's kvrocks.conf; a single kv host's config has neither (as before the cluster)."""
     proc, conf = render_kvrocks(tmp_path, kvrocks_cluster_enabled=True)
@@ -168,9 +168,7 @@ def test_cluster_member_config_uses_reference_keys(tmp_path):
     assert pairs["cluster-enabled"] == "yes" and pairs["persist-cluster-nodes-enabled"] == "yes"
     assert {"cluster-enabled", "persist-cluster-nodes-enabled"} <= set(ref)
     assert ref["cluster-enabled"] in ("yes", "no") and ref["persist-cluster-nodes-enabled"] in ("yes", "no")
-    (tmp_path / "single").mkdir()
-    proc, conf = render_kvrocks(tmp_path / "single")
-    assert proc.returncode == 0 and "cluster-enabled" not in conf.read_text()
+    assert all("cluster-enabled" not in conf for conf in rendered.values())  # one kv host
 
 
 def test_repo_reference_is_upstreams_default_config():
@@ -466,34 +464,35 @@ def test_rendered_redis_conf_runs_a_real_server(tmp_path):
 
 
 def test_rendered_cluster_confs_form_a_real_redis_cluster(tmp_path):
-    """With several kv hosts redis.conf turns cluster mode on: three real redis-servers on the
-    rendered files form one cluster with the role's tool (kvstack_node.redis_cluster), every slot
-    served, and a member announces the address it was given."""
+    """With several kv hosts redis.conf turns cluster mode on: three real redis-servers started
+    from the rendered file (each with its own port, directory and cluster state file on the
+    command line) form one cluster with the role's tool (kvstack_node.redis_cluster), every slot
+    served, each member announcing the address it was given."""
     from kvstack_node import redis_cluster
 
+    proc, conf = render_redis(
+        tmp_path,
+        redis_server_bind="127.0.0.1",
+        redis_server_data_dir=str(tmp_path),
+        redis_server_cluster_enabled=True,
+        redis_server_cluster_announce_ip="127.0.0.1",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    text = conf.read_text()
+    assert "cluster-enabled yes" in text and "cluster-require-full-coverage no" in text
+    assert f"masterauth {PASSWORD}" in text and "cluster-announce-ip 127.0.0.1" in text
     servers, addrs = [], []
     try:
         for i in range(3):
             d = tmp_path / f"m{i}"
-            (d / "data").mkdir(parents=True)
+            d.mkdir()
             port = free_port()
             while port + 10000 > 65535:
                 port = free_port()
-            proc, conf = render_redis(
-                d,
-                redis_server_bind="127.0.0.1",
-                redis_server_port=port,
-                redis_server_data_dir=str(d / "data"),
-                redis_server_cluster_enabled=True,
-                redis_server_cluster_announce_ip="127.0.0.1",
-            )
-            assert proc.returncode == 0, proc.stdout[-3000:]
-            text = conf.read_text()
-            assert "cluster-enabled yes" in text and "cluster-require-full-coverage no" in text
-            assert f"masterauth {PASSWORD}" in text and "cluster-announce-ip 127.0.0.1" in text
+            args = ["--port", str(port), "--dir", str(d), "--pidfile", str(d / "pid")]
             log = (d / "redis.log").open("a")
             servers.append(
-                subprocess.Popen(["redis-server", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+                subprocess.Popen(["redis-server", str(conf), *args], stdout=log, stderr=subprocess.STDOUT)
             )
             addrs.append(f"127.0.0.1:{port}")
         for a in addrs:
