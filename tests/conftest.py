@@ -13,7 +13,7 @@ itself: about 20 more minutes, which the default run leaves out to fit CI's time
 ``--bench-full`` adds the bench's AIPerf cross-check (AIPerf installed into ``.venv-aiperf`` on
 first use) and its routing runs without the shared tier to the bench lab test; ``--pinned-set``
 adds pip's resolution of vLLM's whole CUDA set (about 4 GB downloaded per Python); ``--kv-cluster``
-adds growing the lab's sharded KV tier (test_kv_cluster.py) by a fourth kv host. The
+adds growing the lab's sharded KV tier (tests/lab/test_sharded_kv_tier.py) by a fourth kv host. The
 ``--profiles`` option adds the four tier-profile switches of test_serving_profiles.py.
 """
 
@@ -66,7 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--kv-cluster",
         action="store_true",
-        help="also grow the lab's sharded KV tier by a fourth kv host (test_kv_cluster.py; +6 min)",
+        help="also grow the lab's sharded KV tier by a fourth kv host (tests/lab/test_sharded_kv_tier.py; +6 min)",
     )
     group.addoption(
         "--pinned-set",

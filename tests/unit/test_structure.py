@@ -22,3 +22,10 @@ def _long_functions() -> dict[str, int]:
 
 def test_no_function_is_longer_than_80_lines():
     assert _long_functions() == {}
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test modules by their base name (no packages under tests/): two files of the
+    same name in different tiers stop the whole session at collection."""
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
