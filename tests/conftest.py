@@ -66,7 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--kv-cluster",
         action="store_true",
-        help="also grow the lab's sharded KV tier by a fourth kv host (tests/lab/test_sharded_kv_tier.py; +6 min)",
+        help="also grow the lab's sharded KV tier by a fourth kv host (test_sharded_kv_tier.py; +6 min)",
     )
     group.addoption(
         "--pinned-set",
