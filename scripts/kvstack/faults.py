@@ -662,7 +662,7 @@ def shard_down(
         "router": summarize_across(res.records, start, end).to_dict(),
         # a prompt's hits are its longest prefix of chunks all found: with one of N shards gone,
         # each chunk is there with probability (N-1)/N, so a k-chunk prefix keeps on average
-        # sum_{j=1..k} ((N-1)/N)^j / k of its chunks (k=8 of 256 tokens, N=3: 0.26)
+        # sum_{j=1..k} ((N-1)/N)^j / k of its chunks (k=8 of 256 tokens, N=3: 0.24)
         "expected_down_fraction_of_up": round(_prefix_survival(shards, 8), 3),
         "back": cross_node_hits(ep, tok, seed=303),
     }

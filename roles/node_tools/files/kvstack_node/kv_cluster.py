@@ -10,6 +10,8 @@ servers). Pure functions, standard library only; applying them to live servers i
 - :func:`moves`: the slots that change master between two assignments (what must be migrated).
 - :func:`key_slot`: the hash slot of a key (CRC16 of the key or its ``{hash tag}``, mod 16,384),
   as Redis Cluster and Kvrocks compute it.
+- :func:`cluster_nodes`: ``CLUSTER NODES`` text (Redis' and Kvrocks' format) as one
+  :class:`NodeLine` per member; :func:`split_addr`: ``host:port`` into its parts.
 - :func:`setnodes`: Kvrocks' ``CLUSTERX SETNODES`` text of a topology (one line per node:
   ``<id> <ip> <port> master - <slots>`` or ``<id> <ip> <port> slave <master id>``).
 """
@@ -105,6 +107,46 @@ def ranges(slots: Iterable[int]) -> list[tuple[int, int]]:
             out[-1] = (out[-1][0], s)
         else:
             out.append((s, s))
+    return out
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as (host, port); ValueError when it is not one."""
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{addr!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class NodeLine:
+    """One line of ``CLUSTER NODES``: the member's id, its ``host:port`` (host empty while a
+    server has met no other), whether it is the server answering, and the slots it serves as
+    inclusive ranges (slots being migrated or imported, ``[...]``, left out)."""
+
+    id: str
+    addr: str
+    myself: bool
+    ranges: tuple[tuple[int, int], ...]
+
+
+def cluster_nodes(text: str) -> list[NodeLine]:
+    """``CLUSTER NODES`` text (``<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong>
+    <epoch> <link> <slot spans...>``, Redis' and Kvrocks' alike) as one :class:`NodeLine` each."""
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        spans = [x.partition("-") for x in f[8:] if not x.startswith("[")]
+        out.append(
+            NodeLine(
+                id=f[0],
+                addr=f[1].split("@")[0].split(",")[0],
+                myself="myself" in f[2].split(","),
+                ranges=tuple((int(a), int(b or a)) for a, _, b in spans),
+            )
+        )
     return out
 
 

@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from kvstack_node.kv_cluster import Node, moves, node_id, plan_slots, setnodes
+from kvstack_node.kv_cluster import Node, cluster_nodes, moves, node_id, plan_slots, setnodes, split_addr
 from kvstack_node.resp import RespClient, RespError
 
 
@@ -35,19 +35,8 @@ class Refused(RuntimeError):
 
 
 def parse_slots(text: str) -> dict[str, set[int]]:
-    """``CLUSTER NODES`` text (Kvrocks' and Redis' format) -> node id -> the slots it serves
-    (importing/migrating marks, ``[...]``, are skipped)."""
-    out: dict[str, set[int]] = {}
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) < 8:
-            continue
-        slots = out.setdefault(f[0], set())
-        for span in f[8:]:
-            if not span.startswith("["):
-                a, _, b = span.partition("-")
-                slots.update(range(int(a), int(b or a) + 1))
-    return out
+    """``CLUSTER NODES`` text (Kvrocks' and Redis' format) -> node id -> the slots it serves."""
+    return {n.id: {s for a, b in n.ranges for s in range(a, b + 1)} for n in cluster_nodes(text)}
 
 
 def decide(
@@ -82,12 +71,12 @@ def apply(members: Sequence[tuple[str, str]], password: str) -> dict[str, object
     nodes, clients = [], {}
     try:
         for name, addr in members:
-            host, _, port = addr.rpartition(":")
-            nodes.append(Node(name, host.strip("[]"), int(port)))
             try:
-                clients[name] = RespClient(host.strip("[]"), int(port), password, timeout=30)
+                host, port = split_addr(addr)
+                nodes.append(Node(name, host, port))
+                clients[name] = RespClient(host, port, password, timeout=30)
                 clients[name].command("CLUSTERX", "SETNODEID", node_id(name))
-            except (OSError, RespError) as e:
+            except (ValueError, OSError, RespError) as e:
                 raise Refused(
                     f"the Kvrocks server {name} ({addr}) does not take its cluster id: {e}"
                 ) from None

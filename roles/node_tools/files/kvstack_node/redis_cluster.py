@@ -36,8 +36,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from kvstack_node.kv_cluster import SLOTS
-from kvstack_node.kv_janitor import parse_info
+from kvstack_node.kv_cluster import SLOTS, cluster_nodes, split_addr
+from kvstack_node.kv_janitor import info, parse_info
 from kvstack_node.resp import RespClient, RespError
 
 REDIS_CLI = "redis-cli"
@@ -66,41 +66,23 @@ class Server:
         return sum(b - a + 1 for a, b in self.my_ranges)
 
 
-def _split(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
-        raise Refused(f"{addr!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
 def parse_nodes(text: str, self_addr: str) -> tuple[dict[str, str], list[tuple[int, int]]]:
     """``CLUSTER NODES`` text -> (host:port -> id of every member, slot ranges of the ``myself``
     line). A server that has met no other one lists itself without a host: *self_addr* stands in."""
-    members: dict[str, str] = {}
-    mine: list[tuple[int, int]] = []
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) < 8:
-            continue
-        myself = "myself" in f[2].split(",")
-        addr = f[1].split("@")[0].split(",")[0]
-        members[self_addr if myself and addr.startswith(":") else addr] = f[0]
-        if myself:
-            for span in f[8:]:
-                if span.startswith("["):  # a slot being migrated or imported
-                    continue
-                a, _, b = span.partition("-")
-                mine.append((int(a), int(b or a)))
-    return members, mine
+    lines = cluster_nodes(text)
+    members = {self_addr if n.myself and n.addr.startswith(":") else n.addr: n.id for n in lines}
+    return members, [r for n in lines if n.myself for r in n.ranges]
 
 
 def read(addr: str, password: str) -> Server:
     """Ask the server at *addr* for its cluster view (raises Refused when it does not answer)."""
-    host, port = _split(addr)
+    try:
+        host, port = split_addr(addr)
+    except ValueError as e:
+        raise Refused(str(e)) from None
     try:
         with RespClient(host, port, password, timeout=5) as c:
-            info = parse_info(c.command("INFO", "everything").decode())
-            enabled = info.get("cluster_enabled") == "1"
+            enabled = info(c, "cluster").get("cluster_enabled") == "1"
             cinfo = parse_info(c.command("CLUSTER", "INFO").decode()) if enabled else {}
             members, mine = parse_nodes(c.command("CLUSTER", "NODES").decode(), addr) if enabled else ({}, [])
             keys = int(c.command("DBSIZE"))
