@@ -57,13 +57,13 @@ def cluster(up_lab, tmp_path_factory, lab_goes_down):
 
 def _reset(cfg) -> None:
     """Empty the test's shards and make each forget the cluster (the next run forms it anew)."""
-    password = inventory.load(CLUSTER_INV).group_vars("kv")["kv_password"]
+    kv = inventory.load(CLUSTER_INV).group_vars("kv")
     addresses = labmod.load_config(GROWN_INV).nodes
     for name in SHARDS:
         if not labmod.node_pid(cfg, name):
             continue
         try:
-            with RespClient(addresses[name], 6379, password, timeout=10) as c:
+            with RespClient(addresses[name], int(kv["kv_port"]), kv["kv_password"], timeout=10) as c:
                 c.command("FLUSHALL")
                 c.command("CLUSTER", "RESET", "HARD")
         except (OSError, RespError) as e:
