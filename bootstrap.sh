@@ -27,4 +27,16 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi
+# promtool and amtool (the rule and Alertmanager config checks of tests/unit/test_prometheus_rules.py)
+# from the same Debian packages roles/prometheus and roles/alertmanager install on the monitoring
+# hosts: unpacked into .venv/bin, so no Prometheus service is installed on this machine.
+if [[ ! -x .venv/bin/promtool || ! -x .venv/bin/amtool ]]; then
+  echo "bootstrap: unpacking promtool and amtool from Debian's prometheus packages" >&2
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download -q prometheus prometheus-alertmanager 2>/dev/null \
+     || { apt-get update -q && apt-get download -q prometheus prometheus-alertmanager; }; } \
+     && for d in ./*.deb; do dpkg-deb -x "$d" x; done)
+  install -m 0755 "$tmp/x/usr/bin/promtool" "$tmp/x/usr/bin/amtool" .venv/bin/
+  rm -rf "$tmp"
+fi
 echo "bootstrap: ready (.venv/bin: ansible-playbook, fab, pytest)" >&2

@@ -87,3 +87,23 @@ def _run_bench(values: dict) -> None:
 run_bench = task(
     iterable=_bench_options.iterable_args(), help=_bench_options.task_help(), auto_shortflags=False
 )(_bench_options.fab_task(_run_bench))
+
+
+@task(
+    help={
+        "inventory": "inventory directory (default inventory/lab): Prometheus is its first monitoring host",
+        "prometheus": "Prometheus' URL instead (like http://10.77.0.21:9090)",
+        "watch": "redraw every this many seconds (0: once)",
+        "json": "print the reading as JSON",
+    }
+)
+def status(c, inventory=None, prometheus=None, watch=0, json=False):
+    """Live view from Prometheus: per node engine up, req/s, TTFT P95, hit rate by tier, KV use; alerts."""
+    from kvstack import inventory as _inventory
+    from kvstack import status as _status
+
+    try:
+        url = prometheus or _status.prometheus_url(inventory or _inventory.LAB_INVENTORY)
+        _status.run(url, watch_s=float(watch), as_json=json)
+    except (_status.StatusError, _inventory.InventoryError) as e:
+        raise SystemExit(f"status: {e}") from None

@@ -149,3 +149,18 @@ def test_janitor_runs_where_the_server_refuses_writes_at_its_limit(host, kv):
     if refuses:
         result = host.check_output("systemctl show -p Result --value kvstack-kv-janitor.service")
         assert result == "success", result
+
+
+def test_kv_exporter_reads_the_server_on_the_cluster_address_only(host, hostvars, expected, cluster_address):
+    """roles/kv_exporter: Debian's redis exporter runs, listens on the cluster address only, reads
+    this host's KV server (redis_up 1) and keeps the password out of its command line."""
+    svc = host.service("prometheus-redis-exporter")
+    assert svc.is_running and svc.is_enabled
+    port = int(expected("kv_exporter", "kv_exporter_port"))
+    assert host.socket(f"tcp://{cluster_address}:{port}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    metrics = host.check_output(f"curl -fsS http://{cluster_address}:{port}/metrics")
+    assert re.search(r"^redis_up 1$", metrics, re.M), metrics[:300]
+    assert hostvars["kv_password"] not in host.check_output("ps -eo args")
+    f = host.file("/etc/default/prometheus-redis-exporter")
+    assert (f.user, f.mode) == ("root", 0o600)

@@ -263,3 +263,29 @@ def test_units_pass_systemd_analyze_verify(host, serving):
     assert "kvstack" not in out.stderr and "vllm" not in out.stderr and "lmcache" not in out.stderr, (
         out.stderr
     )
+
+
+def test_lmcache_exporter_serves_metrics_only_on_cluster_address(
+    host, serving, expected, inv, cluster_address
+):
+    """roles/lmcache_exporter: LMCache's metrics relayed on the cluster address (LMCache's own
+    port stays on loopback), nothing but /metrics, and every KV-tier member reached from here
+    with this node's LMCache connected to it."""
+    if serving["profile"] == "none":
+        pytest.skip("no LMCache in tier profile none")
+    port = int(expected("lmcache_exporter", "lmcache_exporter_port"))
+    svc = host.service("kvstack-lmcache-exporter")
+    assert svc.is_running and svc.is_enabled
+    assert host.socket(f"tcp://{cluster_address}:{port}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    url = f"http://{cluster_address}:{port}"
+    text = host.check_output(f"curl -fsS {url}/metrics")
+    assert re.search(r"^kvstack_lmcache_up 1$", text, re.M), text[-300:]
+    assert "lmcache_mp_l1_usage_ratio" in text  # LMCache's own (lookup counters appear after a lookup)
+    assert host.run(f"curl -fsS -o /dev/null {url}/api/clear").rc != 0  # 404: only /metrics
+    if serving["profile"] in ("kv", "dram+kv"):
+        members = [f"{h}:{p}" for h, p in kv_nodes(inv)]
+        up = dict(re.findall(r'^kvstack_kv_member_up\{member="([^"]+)"\} (\d+)$', text, re.M))
+        conns = dict(re.findall(r'^kvstack_kv_member_connections\{member="([^"]+)"\} (\d+)$', text, re.M))
+        assert up == dict.fromkeys(members, "1"), up
+        assert all(int(conns[m]) > 0 for m in members), conns

@@ -25,6 +25,11 @@ the KV node's own python3 from the node tools directory (roles/node_tools)::
 
 One JSON line per pass on stdout (the journal). The password comes from the environment only.
 Exit status 0 after a pass (deleting or not), 1 when the server could not be read.
+
+With ``--textfile PATH`` each pass also writes its figures for node_exporter's textfile collector
+(``kvstack_kv_used_bytes``, ``kvstack_kv_limit_bytes``, ``kvstack_kv_pending_bytes``,
+``kvstack_kv_janitor_deleted_keys``, ``kvstack_kv_janitor_up``, ``kvstack_kv_janitor_last_pass_
+timestamp_seconds``): Kvrocks' data size against its limit, which no Redis exporter reads.
 """
 
 from __future__ import annotations
@@ -185,6 +190,35 @@ def one_pass(client: RespClient, high: float, low: float, state_path: Path | Non
     return report
 
 
+#: the pass report's figures written to the textfile, as (metric, report key, help)
+TEXTFILE_GAUGES = (
+    ("kvstack_kv_used_bytes", "used_bytes", "Data the KV server counts against its limit."),
+    ("kvstack_kv_limit_bytes", "limit_bytes", "The KV server's hard limit (0: none set)."),
+    ("kvstack_kv_pending_bytes", "pending_bytes", "Bytes deleted but not yet freed (Kvrocks compaction)."),
+    ("kvstack_kv_janitor_deleted_keys", "deleted_keys", "Keys the last pass deleted."),
+)
+
+
+def write_textfile(path: Path, report: dict[str, Any], ok: bool) -> None:
+    """The pass's figures in Prometheus' text format, replacing *path* atomically (node_exporter
+    must never read half a file)."""
+    lines = []
+    for name, key, text in TEXTFILE_GAUGES if ok else ():
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {report[key]}"]
+    lines += [
+        "# HELP kvstack_kv_janitor_up Whether the last pass read the KV server.",
+        "# TYPE kvstack_kv_janitor_up gauge",
+        f"kvstack_kv_janitor_up {int(ok)}",
+        "# HELP kvstack_kv_janitor_last_pass_timestamp_seconds When the last pass ran.",
+        "# TYPE kvstack_kv_janitor_last_pass_timestamp_seconds gauge",
+        f"kvstack_kv_janitor_last_pass_timestamp_seconds {time.time():.0f}",
+    ]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: see the module docstring."""
     p = argparse.ArgumentParser(prog="kv_janitor", description="Keep the KV server below its limit.")
@@ -194,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--low", type=float, default=0.7, help="delete down to this share of the limit")
     p.add_argument("--state", type=Path, default=None, help="state file (Kvrocks' pending bytes)")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--textfile", type=Path, default=None, help="also write the figures here (node_exporter)")
     a = p.parse_args(argv)
     if not 0 < a.low < a.high <= 1:
         p.error(f"need 0 < --low < --high <= 1, got --low {a.low} --high {a.high}")
@@ -205,7 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = one_pass(client, a.high, a.low, a.state)
     except (OSError, RespError) as e:
         print(json.dumps({"error": f"{type(e).__name__}: {e}", "server": f"{a.host}:{a.port}"}), flush=True)
+        if a.textfile:
+            write_textfile(a.textfile, {}, ok=False)
         return 1
+    if a.textfile:
+        write_textfile(a.textfile, report, ok=True)
     report["seconds"] = round(time.monotonic() - t0, 3)
     print(json.dumps(report), flush=True)
     return 0
