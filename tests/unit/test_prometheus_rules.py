@@ -330,3 +330,24 @@ def test_rendered_configs_pass_promtool_and_amtool(tmp_path, inventory):
     ]
     budget = yaml.safe_load((out_dir / "kvstack-budget.yml").read_text())
     assert len(budget["groups"][0]["rules"]) == jobs["kv"], "one budget series per kv host"
+
+
+def test_tier_shares_are_zero_not_nan_while_lmcache_finds_nothing(tmp_path):
+    """Traffic served by vLLM's own cache and computing only: LMCache's L1 and L2 shares read 0."""
+    inputs = [
+        *prompt_tokens("0+40x60", "0x60", "0+20x60"),
+        series("lmcache_mp_lookup_hit_l1_tokens_total", SERVE, "0x60"),
+        series("lmcache_mp_lookup_hit_l2_tokens_total", SERVE, "0x60"),
+        series("lmcache_mp_lookup_hit_tokens_total", SERVE, "0x60"),
+    ]
+    test = {
+        "interval": "15s",
+        "input_series": inputs,
+        "promql_expr_test": [
+            {"expr": f"node:lmcache_{t}_hit_ratio:rate5m", "eval_time": "10m",
+             "exp_samples": [{"labels": f'node:lmcache_{t}_hit_ratio:rate5m{{node="serve1"}}', "value": 0}]}
+            for t in ("l1", "l2")
+        ],
+    }  # fmt: skip
+    out = promtool_test(tmp_path, [test])
+    assert out.returncode == 0, out.stdout + out.stderr
