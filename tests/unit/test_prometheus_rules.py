@@ -351,3 +351,46 @@ def test_tier_shares_are_zero_not_nan_while_lmcache_finds_nothing(tmp_path):
     }  # fmt: skip
     out = promtool_test(tmp_path, [test])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("role", "bad", "named"),
+    [
+        ("prometheus", {"prometheus_retention_time": "30 days"}, "prometheus_retention_time must be"),
+        ("prometheus", {"prometheus_scrape_timeout_s": 20}, "prometheus_scrape_timeout_s must be"),
+        (
+            "prometheus",
+            {"prometheus_extra_rule_files": ["/x/kvstack-alerts.yml"]},
+            "prometheus_extra_rule_files",
+        ),
+        ("alertmanager", {"alertmanager_route_receiver": "pager"}, "alertmanager_route_receiver must name"),
+        (
+            "alertmanager",
+            {"alertmanager_receivers": [{"webhook_configs": []}]},
+            "alertmanager_receivers must be",
+        ),
+        (
+            "lmcache_exporter",
+            {"lmcache_exporter_kv_members": ["10.0.0.1"]},
+            "lmcache_exporter_kv_members must",
+        ),
+        ("kv_exporter", {"kv_password": ""}, "kv_exporter_kv_password (kv_password) must be set"),
+    ],
+)
+def test_monitoring_roles_name_a_bad_value(role, bad, named):
+    """Each monitoring role's input checks refuse a bad value, naming the variable (the same
+    checks run in site.yml's preflight, before anything changes)."""
+    good = {"cluster_address": "192.0.2.10", "kv_password": "x", "tier_profile": "dram+kv"}
+    out = run_entry_point(
+        role, {**good, **bad}, "validate.yml", str(REPO / "inventory" / "lab"), "--limit", "lab-kv1"
+    )
+    assert out.returncode != 0 and named in out.stdout, out.stdout[-2000:]
+
+
+def test_monitoring_roles_accept_the_lab_values():
+    good = {"cluster_address": "192.0.2.10", "kv_password": "x", "tier_profile": "dram+kv"}
+    for role in ("prometheus", "alertmanager", "lmcache_exporter", "kv_exporter"):
+        out = run_entry_point(
+            role, good, "validate.yml", str(REPO / "inventory" / "lab"), "--limit", "lab-kv1"
+        )
+        assert out.returncode == 0, f"{role}: {out.stdout[-2000:]}"
