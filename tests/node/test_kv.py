@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 import uuid
 
 import pytest
@@ -128,10 +129,11 @@ def test_unit_passes_systemd_analyze_verify(host, kv):
     assert out.rc == 0, out.stderr
 
 
-def test_janitor_runs_where_the_server_refuses_writes_at_its_limit(host, kv):
+def test_janitor_runs_where_the_server_refuses_writes_at_its_limit(host, kv, expected, cluster_address):
     """roles/kv_janitor: its timer runs exactly where the server refuses writes at its limit
     instead of evicting (Kvrocks; redis with noeviction, read from its config file); its env
-    file, which holds the password, is root's only; its last pass did not fail."""
+    file, which holds the password, is root's only; its last pass did not fail, and its figures
+    (used and limit bytes) are in node_exporter's metrics."""
     if kv["kind"] == "redis":
         conf = host.file(kv["config"]).content_string
         policy = re.search(r"^maxmemory-policy\s+(\S+)", conf, re.M)
@@ -149,6 +151,20 @@ def test_janitor_runs_where_the_server_refuses_writes_at_its_limit(host, kv):
     if refuses:
         result = host.check_output("systemctl show -p Result --value kvstack-kv-janitor.service")
         assert result == "success", result
+        # its figures reach node_exporter's textfile collector (README "Operating") after its
+        # first pass (the timer's interval, at most 60 s by default, after it started)
+        port = int(expected("node_exporter", "node_exporter_port"))
+        pat = re.compile(r"^(kvstack_kv_(?:used|limit)_bytes|kvstack_kv_janitor_up) (\S+)$", re.M)
+        deadline = time.monotonic() + 90
+        while True:
+            figures = dict(
+                pat.findall(host.check_output(f"curl -fsS http://{cluster_address}:{port}/metrics"))
+            )
+            if figures or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert figures.get("kvstack_kv_janitor_up") == "1", figures
+        assert float(figures["kvstack_kv_limit_bytes"]) > 0, figures
 
 
 def test_kv_exporter_reads_the_server_on_the_cluster_address_only(host, hostvars, expected, cluster_address):
