@@ -41,6 +41,7 @@ SHARDS = ["lab-kv2", "lab-kv3", "lab-kv4", "lab-kv5"]
 def cluster(up_lab, tmp_path_factory, lab_goes_down):
     """The lab with the sharded tier (booted, provisioned, serving); afterwards as described above."""
     cfg = labmod.up(CLUSTER_INV)
+    ep = None
     try:
         provision.playbook("site.yml", inventory=CLUSTER_INV, limit="kv,serving")
         ep = stack.fetch_endpoints(CLUSTER_INV)
@@ -53,6 +54,18 @@ def cluster(up_lab, tmp_path_factory, lab_goes_down):
         if not lab_goes_down:
             provision.playbook("site.yml", limit="serving", tags="lmcache,vllm")
             labmod.stop_nodes(cfg, SHARDS)
+        elif ep is not None:
+            _no_start_at_next_boot(ep)
+
+
+def _no_start_at_next_boot(ep) -> None:
+    """The serving nodes stay configured for the shards when the session takes the lab down. At
+    the next boot their LMCache would wait for shards that are not up, vLLM's start for LMCache,
+    and the next site.yml's restart of LMCache queues behind vLLM's start job for minutes: so
+    their units do not start at boot; site.yml enables and starts them with the lab's own tier."""
+    for node, serving in ep.serving.items():
+        units = ["lmcache.service", *(f"vllm@{v['instance']}.service" for v in serving["vllm"])]
+        stack.run_on(ep, node, "systemctl disable " + " ".join(units), warn=True)
 
 
 def _reset(cfg) -> None:
