@@ -13,11 +13,13 @@ import json
 import math
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from kvstack import REPO, metrics
 from kvstack import inventory as inv
 
 #: column -> the recording rule (or query) it shows, by node
@@ -40,8 +42,8 @@ CLUSTER_QUERIES = {
     "kv_used_bytes": "cluster:kvstack_kv_used_bytes",
     "kv_budget_bytes": "cluster:kvstack_kv_budget_bytes",
 }
-#: the port roles/kvstack_defaults gives Prometheus where the inventory sets none
-DEFAULT_PROMETHEUS_PORT = 9090
+#: where Prometheus' port is defaulted, for inventories that set none (its one owner)
+SHARED_DEFAULTS = REPO / "roles" / "kvstack_defaults" / "defaults" / "main.yml"
 
 
 class StatusError(RuntimeError):
@@ -79,15 +81,14 @@ def prometheus_url(inventory: Path | str) -> str:
         )
     name, hv = next(iter(hosts.items()))
     addr = hv.get("access_address") or hv.get("ansible_host") or name
-    port = int(hv.get("prometheus_port", DEFAULT_PROMETHEUS_PORT))
+    port = int(hv.get("prometheus_port") or yaml.safe_load(SHARED_DEFAULTS.read_text())["prometheus_port"])
     return f"http://{f'[{addr}]' if ':' in addr else addr}:{port}"
 
 
-def get_json(url: str, timeout: float = 10.0) -> Any:
+def get_json(url: str) -> Any:
     """GET *url* and parse its JSON body."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.load(resp)
+        return json.loads(metrics.http_get(url))
     except OSError as e:
         raise StatusError(f"{url} did not answer: {e}") from None
 

@@ -81,7 +81,8 @@ def kv_metrics(
     """The ``kvstack_kv_member_*`` families for *members* (``address:port`` each)."""
     if not members:
         return ""
-    probes = {m: probe(*split_addr(m), password, timeout) for m in members}
+    addrs = {m: split_addr(m) for m in members}
+    probes = {m: probe(*addr, password, timeout) for m, addr in addrs.items()}
     conns = established([p.read_text() for p in tables if p.exists()])
     lines = [
         "# HELP kvstack_kv_member_up Whether the KV-tier member answered AUTH and PING from this node.",
@@ -92,7 +93,7 @@ def kv_metrics(
         *(f'kvstack_kv_member_probe_seconds{{member="{m}"}} {s:.6f}' for m, (_, s) in probes.items()),
         "# HELP kvstack_kv_member_connections ESTABLISHED TCP connections from this node to the member.",
         "# TYPE kvstack_kv_member_connections gauge",
-        *(f'kvstack_kv_member_connections{{member="{m}"}} {conns.get(split_addr(m), 0)}' for m in members),
+        *(f'kvstack_kv_member_connections{{member="{m}"}} {conns.get(addr, 0)}' for m, addr in addrs.items()),
     ]
     return "\n".join(lines) + "\n"
 
